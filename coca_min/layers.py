@@ -1,0 +1,109 @@
+"""The transformer pieces every CoCa component is built from.
+
+Implements the standard pre-LayerNorm transformer layer that the paper's image encoder, poolers
+and text decoder all use (paper §3.2 builds on Vaswani et al. 2017 and ViT): multi-head
+attention (self- and cross-attention), the MLP, and a residual block with optional
+cross-attention. Attention runs on `F.scaled_dot_product_attention`, so this readable code is
+also the fast path (flash / memory-efficient kernels on GPU).
+
+Masks follow `F.scaled_dot_product_attention`: a boolean mask is True where a query MAY attend
+to a key. (`torch.nn.MultiheadAttention` uses the opposite convention; keep them apart.)
+
+Left out on purpose: dropout, key/value caching for fast decoding, rotary or relative position
+encodings (the paper uses learned absolute positions).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+class Attention(nn.Module):
+    """softmax(Q Kᵀ / √d_head) V over `n_heads` heads.
+
+    Self-attention when `context` is None; cross-attention to `context` otherwise (queries from
+    `x`, keys and values from `context`, which may have its own width `context_dim`).
+    """
+
+    def __init__(self, dim: int, n_heads: int, context_dim: int | None = None):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"width {dim} must be divisible by the number of heads {n_heads}")
+        context_dim = dim if context_dim is None else context_dim
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(context_dim, dim)
+        self.v_proj = nn.Linear(context_dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x, context=None, mask=None):
+        # x: (B, T, dim) queries; context: (B, S, context_dim) keys and values, or None for x
+        # mask: None, (T, S) or (B, T, S) bool, True where query t may attend to key s
+        context = x if context is None else context
+        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)
+        k = rearrange(self.k_proj(context), "b s (h d) -> b h s d", h=self.n_heads)
+        v = rearrange(self.v_proj(context), "b s (h d) -> b h s d", h=self.n_heads)
+        if mask is not None and mask.dim() == 3:
+            mask = mask[:, None]  # (B, 1, T, S): the same mask for every head
+        # softmax(q kᵀ / √d_head) v, with disallowed scores set to -inf before the softmax
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d_head)
+        return self.out_proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, dim)
+
+
+class MLP(nn.Module):
+    """Linear -> GELU -> Linear, applied to each token on its own."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc_in = nn.Linear(dim, hidden_dim)
+        self.fc_out = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):  # (B, T, dim) -> (B, T, dim)
+        return self.fc_out(F.gelu(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: self-attention, [cross-attention], MLP.
+
+        x = x + SelfAttention(LN(x))
+        x = x + CrossAttention(LN(x), context)      only if cross_attention=True
+        x = x + MLP(LN(x))
+    """
+
+    def __init__(self, dim, n_heads, mlp_dim, cross_attention=False, context_dim=None):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(dim)
+        self.attn = Attention(dim, n_heads)
+        self.ln_cross = nn.LayerNorm(dim) if cross_attention else None
+        self.cross_attn = Attention(dim, n_heads, context_dim) if cross_attention else None
+        self.ln_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_dim)
+
+    def forward(self, x, mask=None, context=None):
+        # x: (B, T, dim); mask: self-attention mask (see Attention); context: (B, S, context_dim)
+        x = x + self.attn(self.ln_attn(x), mask=mask)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.ln_cross(x), context=context)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+def causal_padding_mask(is_pad: torch.Tensor) -> torch.Tensor:
+    """Self-attention mask for text: (B, T) bool, True at padding -> (B, T, T) bool.
+
+    Query t may attend to key s when s <= t (causal: no peeking at later tokens) and s is not
+    padding. Every position may attend to itself, so no row is empty (a softmax over nothing
+    would be NaN), even at a padding position or in an all-padding text.
+    """
+    T = is_pad.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=is_pad.device).tril()  # (T, T)
+    itself = torch.eye(T, dtype=torch.bool, device=is_pad.device)  # (T, T)
+    return causal & (~is_pad[:, None, :] | itself)  # (B, T, T)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Small normal weights (std 0.02, as in ViT and GPT-2), zero biases; LayerNorm stays (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,55 @@
+"""CoCa's two training objectives and their weighted sum (paper §3.1, §3.2, eq. 1-4).
+
+- Contrastive (eq. 2): with unit-norm image embeddings x_i and text embeddings y_j of a batch of
+  N pairs, and a learnable scale s = 1/σ,
+
+      L_con = -1/N Σ_i [ log softmax_j(s x_iᵀy_j)[i]  +  log softmax_j(s y_iᵀx_j)[i] ] / 2
+
+  (the paper writes the sum of both directions; this project takes their mean, as CLIP and
+  open_clip do, so the weights below mean the same thing as theirs).
+- Captioning (eq. 3): token-level cross-entropy of the next token given the image and the
+  tokens before it, averaged over the non-padding target tokens of the batch.
+- CoCa (eq. 4): L = λ_con L_con + λ_cap L_cap with λ_cap = 2, λ_con = 1 (paper §4.1).
+
+Left out: the all-gather across GPUs that lets the contrastive loss see the global batch (it
+belongs with distributed training), label smoothing, and the JFT classification loss.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive_loss(image_embedding, text_embedding, logit_scale):
+    """Symmetric InfoNCE: (B, E) unit-norm embeddings, scalar scale s -> scalar loss."""
+    logits = logit_scale * image_embedding @ text_embedding.T  # (B, B): image i vs text j
+    labels = torch.arange(logits.shape[0], device=logits.device)  # pair i is on the diagonal
+    image_to_text = F.cross_entropy(logits, labels)  # each row: which text is image i's?
+    text_to_image = F.cross_entropy(logits.T, labels)  # each column: which image is text j's?
+    return (image_to_text + text_to_image) / 2
+
+
+def caption_loss(logits, targets, pad_id):
+    """Cross-entropy over non-padding targets: logits (B, T, V), targets (B, T) -> scalar."""
+    if logits.shape[:2] != targets.shape:
+        raise ValueError(
+            f"logits (batch, positions, vocab) {tuple(logits.shape)} do not match targets "
+            f"(batch, positions) {tuple(targets.shape)}"
+        )
+    total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id,
+                            reduction="sum")  # fmt: skip
+    n_real = (targets != pad_id).sum().clamp(min=1)  # all padding -> 0 / 1, not 0 / 0
+    return total / n_real
+
+
+def coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0):
+    """The CoCa objective from `CoCa.forward`'s outputs and the (B, T) tokens it was given.
+
+    Returns {"loss": weighted sum, "contrastive": L_con, "caption": L_cap}.
+    """
+    targets = tokens[:, 1:]  # (B, T - 1): position t predicts token t + 1 (teacher forcing)
+    l_con = contrastive_loss(
+        outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"]
+    )
+    l_cap = caption_loss(outputs["logits"], targets, pad_id)
+    loss = contrastive_weight * l_con + caption_weight * l_cap
+    return {"loss": loss, "contrastive": l_con, "caption": l_cap}

@@ -1,0 +1,135 @@
+"""CoCa assembled: image encoder, two attentional poolers, decoupled text decoder (paper Figure 2).
+
+    images ─ image_encoder (ViT) ─ tokens (B, N, Dv) ─┬─ caption_pooler ─ (B, n_queries, D) ─┐
+                                                      │     └─ contrastive_pooler ─ (B, E)  │ cascade
+    tokens ─ text_decoder.unimodal ─ text embedding (B, E)                                  │
+                   └─ token features ─ text_decoder.multimodal ◄───────────────────────────┘
+                                             └─ logits (B, T-1, V)
+
+In the paper's default **cascade** the 1-query contrastive pooler attends over the caption
+pooler's output; in **parallel** (the ablation) it attends over the ViT tokens. open_clip
+instead reuses query 0 of a single 256-query pooler, and CoCa-pytorch uses one 257-query
+pooler; neither is the paper's design.
+
+Inputs are checked before any tensor work, so a wrong shape or token id fails with a message in
+the user's terms. Left out: the losses (`losses.py`) and caption decoding.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import CoCaConfig
+from .decoder import TextDecoder
+from .layers import init_weights
+from .pooler import AttentionalPooler
+from .vit import VisionTransformer
+
+
+class CoCa(nn.Module):
+    def __init__(self, config: CoCaConfig):
+        super().__init__()
+        c = self.config = config
+        self.image_encoder = VisionTransformer(
+            c.image_size, c.patch_size, c.vision_width, c.vision_layers, c.vision_heads, c.vision_mlp
+        )
+        self.caption_pooler = AttentionalPooler(
+            c.text_width, c.n_caption_queries, c.pooler_heads, context_dim=c.vision_width
+        )
+        contrastive_source = c.text_width if c.pooler_mode == "cascade" else c.vision_width
+        self.contrastive_pooler = AttentionalPooler(
+            c.text_width, 1, c.pooler_heads, context_dim=contrastive_source
+        )
+        self.image_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
+        self.text_decoder = TextDecoder(c)
+        # learnable temperature: s = exp(log_logit_scale) = 1/σ, starting at 1/0.07
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.apply(init_weights)  # Linear and Embedding weights; the rest set their own
+
+    def encode_image(self, images):
+        """(B, 3, H, W) normalised pixels -> image embedding (B, E) unit norm, caption tokens
+        (B, n_caption_queries, D) for the multimodal decoder."""
+        self._check_images(images)
+        vit_tokens = self.image_encoder(images)  # (B, N, Dv)
+        caption_tokens = self.caption_pooler(vit_tokens)  # (B, n_queries, D)
+        source = caption_tokens if self.config.pooler_mode == "cascade" else vit_tokens
+        pooled = self.contrastive_pooler(source)[:, 0]  # (B, D): the single query's output
+        image_embedding = F.normalize(self.image_projection(pooled), dim=-1)  # (B, E)
+        return image_embedding, caption_tokens
+
+    def encode_text(self, tokens):
+        """(B, T) token ids -> text embedding (B, E) unit norm, unimodal token features (B, T, D)."""
+        self._check_tokens(tokens)
+        return self.text_decoder.unimodal(tokens)
+
+    def forward(self, images, tokens):
+        """One pass for both losses. tokens (B, T) are `[BOS] w1 … wn [EOS] [PAD] …`.
+
+        Returns a dict: image_embedding (B, E), text_embedding (B, E), logits (B, T-1, V) where
+        position t predicts tokens[:, t+1], and logit_scale (the scalar s, at most 100).
+        """
+        if images.dim() >= 1 and tokens.dim() >= 1 and images.shape[0] != tokens.shape[0]:
+            raise ValueError(
+                f"expected as many texts as images; got {images.shape[0]} images and "
+                f"{tokens.shape[0]} texts"
+            )
+        if tokens.dim() == 2 and tokens.shape[1] < 2:
+            raise ValueError(f"expected texts of at least 2 tokens ([BOS] and one target); got {tokens.shape[1]}")
+        image_embedding, caption_tokens = self.encode_image(images)
+        text_embedding, token_features = self.encode_text(tokens)
+        # teacher forcing: the decoder reads tokens[:, :-1]; the unimodal half is causal, so its
+        # features for those positions are the ones just computed for the whole text
+        logits = self.text_decoder.multimodal(token_features[:, :-1], tokens[:, :-1], caption_tokens)
+        return {
+            "image_embedding": image_embedding,
+            "text_embedding": text_embedding,
+            "logits": logits,
+            "logit_scale": self.log_logit_scale.exp().clamp(max=100.0),
+        }
+
+    # --- input checks: clear errors in the user's terms before any tensor op ---------------
+
+    def _check_images(self, images):
+        c = self.config
+        expected = f"(batch, 3, {c.image_size}, {c.image_size}) [batch, channels, height, width in pixels]"
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images: expected a 4-D tensor {expected}; got {got}")
+        if images.shape[1] != 3:
+            raise ValueError(f"images: expected 3 colour channels, shape {expected}; got {tuple(images.shape)}")
+        if images.shape[2:] != (c.image_size, c.image_size):
+            raise ValueError(
+                f"images: expected {c.image_size}x{c.image_size} pixels, shape {expected}; "
+                f"got {images.shape[2]}x{images.shape[3]} pixels"
+            )
+        if not images.is_floating_point():
+            raise ValueError(f"images: expected floating-point normalised pixels; got {images.dtype}")
+
+    def _check_tokens(self, tokens):
+        c = self.config
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens: expected a 2-D tensor (batch, tokens) of token ids; got {got}")
+        if tokens.is_floating_point() or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens: expected integer token ids; got {tokens.dtype}")
+        if tokens.shape[1] > c.context_length:
+            raise ValueError(
+                f"tokens: expected at most context_length = {c.context_length} tokens per text; "
+                f"got {tokens.shape[1]}"
+            )
+        if tokens.numel() and not tokens.is_meta and (tokens.min() < 0 or tokens.max() >= c.vocab_size):
+            raise ValueError(
+                f"tokens: expected ids in [0, vocab_size = {c.vocab_size}); got ids from "
+                f"{tokens.min().item()} to {tokens.max().item()}"
+            )
+
+
+def count_parameters(model: CoCa) -> dict:
+    """Parameter counts as Table 1 counts them: image encoder, text decoder, and the poolers
+    (both poolers, the image projection and the temperature) apart. Tied weights count once."""
+    encoder = sum(p.numel() for p in model.image_encoder.parameters())
+    decoder = sum(p.numel() for p in model.text_decoder.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return {"encoder": encoder, "decoder": decoder, "poolers": total - encoder - decoder, "total": total}

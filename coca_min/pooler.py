@@ -1,0 +1,33 @@
+"""The attentional pooler (paper §3.2 "Attentional Poolers", Figure 2).
+
+One multi-head attention layer whose queries are `n_queries` learned vectors and whose keys and
+values are the tokens it pools (the ViT's image tokens, or in the cascade the other pooler's
+output). It turns a variable number of tokens into exactly `n_queries` task-specific ones.
+
+CoCa uses two: the *caption pooler* (256 queries in the paper) feeds the multimodal decoder's
+cross-attention, and the *contrastive pooler* (1 query) gives the image embedding. How they are
+wired (cascade or parallel) is decided in `model.py`. The same module serves the paper's
+frozen-feature evaluation ("attentive probing"): a new pooler on a frozen encoder.
+
+Left out: the MLP that some implementations put after the attention; the paper's pooler is
+"a single multi-head attention layer".
+"""
+
+import torch
+import torch.nn as nn
+
+from .layers import Attention
+
+
+class AttentionalPooler(nn.Module):
+    def __init__(self, dim: int, n_queries: int, n_heads: int, context_dim: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_queries, dim) * 0.02)  # (n_queries, dim)
+        self.ln_context = nn.LayerNorm(context_dim)
+        self.attn = Attention(dim, n_heads, context_dim)
+        self.ln_out = nn.LayerNorm(dim)
+
+    def forward(self, context):  # (B, N, context_dim) -> (B, n_queries, dim)
+        queries = self.queries.expand(context.shape[0], -1, -1)  # (B, n_queries, dim)
+        pooled = self.attn(queries, context=self.ln_context(context))  # every query sees all N
+        return self.ln_out(pooled)
