@@ -1,0 +1,59 @@
+"""Bad input fails early with a ValueError that names what was expected."""
+
+import pytest
+import torch
+
+from coca_min import PRESETS, CoCa
+from conftest import make_tokens
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return CoCa(PRESETS["tiny"])  # 64 x 64 px, vocab 512, context 40
+
+
+def good_tokens(batch=2, length=8):
+    return make_tokens([length] * batch, length, 512)
+
+
+@pytest.mark.parametrize(
+    "images, words",
+    [
+        (torch.randn(3, 64, 64), r"4-D tensor \(batch, 3, 64, 64\)"),
+        (torch.randn(2, 1, 64, 64), r"3 colour channels"),
+        (torch.randn(2, 3, 32, 32), r"64x64 pixels.*got 32x32"),
+        (torch.randn(2, 3, 64, 48), r"64x64 pixels.*got 64x48"),
+        (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), r"floating-point"),
+    ],
+)
+def test_bad_images_are_refused(model, images, words):
+    with pytest.raises(ValueError, match=words):
+        model.encode_image(images)
+    with pytest.raises(ValueError, match=words):
+        model(images, good_tokens(len(images)) if images.dim() == 4 else good_tokens(3))
+
+
+@pytest.mark.parametrize(
+    "tokens, words",
+    [
+        (torch.tensor([[1, 5, 512, 2]]), r"ids in \[0, vocab_size = 512\).*to 512"),
+        (torch.tensor([[1, -1, 6, 2]]), r"ids in \[0, vocab_size = 512\).*from -1"),
+        (torch.ones(1, 41, dtype=torch.long), r"at most context_length = 40 tokens.*got 41"),
+        (torch.ones(8, dtype=torch.long), r"2-D tensor \(batch, tokens\)"),
+        (torch.ones(1, 8), r"integer token ids"),
+    ],
+)
+def test_bad_tokens_are_refused(model, tokens, words):
+    with pytest.raises(ValueError, match=words):
+        model.encode_text(tokens)
+
+
+def test_image_and_text_batches_must_match(model):
+    with pytest.raises(ValueError, match=r"as many texts as images.*3 images and 2 texts"):
+        model(torch.randn(3, 3, 64, 64), good_tokens(2))
+
+
+def test_text_needs_a_target(model):
+    with pytest.raises(ValueError, match=r"at least 2 tokens"):
+        model(torch.randn(1, 3, 64, 64), torch.ones(1, 1, dtype=torch.long))

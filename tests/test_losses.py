@@ -1,0 +1,83 @@
+"""The contrastive and captioning losses against hand computations; float64 gradient checks."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from coca_min.losses import caption_loss, coca_loss, contrastive_loss
+
+
+def test_contrastive_loss_worked_2x2_example():
+    # images x1 = (1, 0), x2 = (0, 1); texts y1 = (1, 0), y2 = (0.6, 0.8); scale s = 2
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # s · x_i·y_j = [[2, 1.2], [0, 1.6]]; -log softmax of the right entry = log(1 + e^-(gap))
+    image_to_text = (math.log(1 + math.exp(-0.8)) + math.log(1 + math.exp(-1.6))) / 2  # rows
+    text_to_image = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-0.4))) / 2  # columns
+    expected = (image_to_text + text_to_image) / 2
+    got = contrastive_loss(images, texts, torch.tensor(2.0))
+    assert abs(got.item() - expected) < 1e-6
+
+
+def test_contrastive_loss_is_symmetric_in_images_and_texts():
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(5, 8), dim=-1)
+    y = F.normalize(torch.randn(5, 8), dim=-1)
+    s = torch.tensor(10.0)
+    torch.testing.assert_close(contrastive_loss(x, y, s), contrastive_loss(y, x, s))
+
+
+def test_caption_loss_equals_explicit_log_softmax_and_ignores_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7)
+    targets = torch.tensor([[5, 6, 2, 0], [3, 2, 0, 0]])  # 0 is padding
+    log_probs = logits.log_softmax(dim=-1)
+    picked = [-log_probs[b, t, targets[b, t]] for b in range(2) for t in range(4) if targets[b, t] != 0]
+    expected = sum(picked) / len(picked)  # 5 real targets
+    assert len(picked) == 5
+    torch.testing.assert_close(caption_loss(logits, targets, pad_id=0), expected)
+    # whatever the logits at padding targets say, the loss does not move
+    changed = logits.clone()
+    changed[targets == 0] = 100 * torch.randn_like(changed[targets == 0])
+    torch.testing.assert_close(caption_loss(changed, targets, pad_id=0), expected)
+
+
+def test_caption_loss_all_padding_is_zero_not_nan():
+    loss = caption_loss(torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), pad_id=0)
+    assert loss.item() == 0.0
+
+
+def test_coca_loss_weights_caption_twice_and_contrastive_once():
+    torch.manual_seed(0)
+    tokens = torch.tensor([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0]])
+    outputs = {
+        "image_embedding": F.normalize(torch.randn(2, 8), dim=-1),
+        "text_embedding": F.normalize(torch.randn(2, 8), dim=-1),
+        "logits": torch.randn(2, 4, 7),
+        "logit_scale": torch.tensor(1 / 0.07),
+    }
+    parts = coca_loss(outputs, tokens, pad_id=0)
+    l_con = contrastive_loss(outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"])
+    l_cap = caption_loss(outputs["logits"], tokens[:, 1:], pad_id=0)
+    torch.testing.assert_close(parts["contrastive"], l_con)
+    torch.testing.assert_close(parts["caption"], l_cap)
+    torch.testing.assert_close(parts["loss"], 1.0 * l_con + 2.0 * l_cap)
+
+
+def test_contrastive_loss_gradcheck_float64():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(
+        lambda x, y, s: contrastive_loss(F.normalize(x, dim=-1), F.normalize(y, dim=-1), s), (x, y, s)
+    )
+
+
+def test_caption_loss_gradcheck_float64():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[5, 6, 2, 0], [3, 2, 0, 0]])
+    assert gradcheck(lambda z: caption_loss(z, targets, pad_id=0), (logits,))

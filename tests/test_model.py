@@ -1,0 +1,171 @@
+"""CoCa as a whole: the properties the paper's design promises, and that it learns."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from coca_min import PRESETS, CoCa, CoCaConfig
+from coca_min.losses import coca_loss
+from conftest import make_tokens
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return CoCa(PRESETS["tiny"]).eval()
+
+
+def random_batch(config, lengths, total_length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(len(lengths), 3, config.image_size, config.image_size, generator=g)
+    return images, make_tokens(lengths, total_length, config.vocab_size, generator=g)
+
+
+def test_forward_shapes_and_unit_norm_embeddings(tiny):
+    c = tiny.config
+    images, tokens = random_batch(c, [5, 9, 12], 12)
+    out = tiny(images, tokens)
+    assert out["image_embedding"].shape == (3, c.embed_dim)
+    assert out["text_embedding"].shape == (3, c.embed_dim)
+    assert out["logits"].shape == (3, 11, c.vocab_size)  # position t predicts tokens[:, t + 1]
+    torch.testing.assert_close(out["image_embedding"].norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(out["text_embedding"].norm(dim=-1), torch.ones(3))
+    assert out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-5)
+    image_embedding, caption_tokens = tiny.encode_image(images)
+    assert caption_tokens.shape == (3, c.n_caption_queries, c.text_width)
+    text_embedding, token_features = tiny.encode_text(tokens)
+    assert token_features.shape == (3, 12, c.text_width)
+    torch.testing.assert_close(text_embedding, out["text_embedding"])
+
+
+def test_logit_scale_is_clamped_at_100(tiny):
+    model = CoCa(tiny.config)
+    with torch.no_grad():
+        model.log_logit_scale.fill_(10.0)  # e^10 ≈ 22026
+    out = model(*random_batch(model.config, [4, 4], 4))
+    assert out["logit_scale"].item() == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("t", [0, 3, 7])
+def test_decoder_is_causal_in_both_halves(tiny, t):
+    images, tokens = random_batch(tiny.config, [12, 12], 12)
+    later = tokens.clone()
+    later[:, t + 1 :] = torch.randint(3, tiny.config.vocab_size, later[:, t + 1 :].shape)
+    a, b = tiny(images, tokens), tiny(images, later)
+    _, features_a = tiny.encode_text(tokens)
+    _, features_b = tiny.encode_text(later)
+    # unimodal half: features of positions 0..t depend only on tokens 0..t
+    torch.testing.assert_close(features_a[:, : t + 1], features_b[:, : t + 1], atol=1e-6, rtol=0)
+    # multimodal half: logits at positions 0..t (predicting tokens 1..t+1) likewise
+    torch.testing.assert_close(a["logits"][:, : t + 1], b["logits"][:, : t + 1], atol=1e-6, rtol=0)
+    # ...and the changed tokens do reach the later positions
+    assert not torch.allclose(a["logits"][:, t + 1 :], b["logits"][:, t + 1 :], atol=1e-3)
+
+
+def test_text_embedding_does_not_depend_on_the_image(tiny):
+    _, tokens = random_batch(tiny.config, [6, 9], 10)
+    images_a, _ = random_batch(tiny.config, [6, 9], 10, seed=1)
+    images_b, _ = random_batch(tiny.config, [6, 9], 10, seed=2)
+    torch.testing.assert_close(
+        tiny(images_a, tokens)["text_embedding"], tiny(images_b, tokens)["text_embedding"], atol=0, rtol=0
+    )
+
+
+def test_text_embedding_ignores_padding(tiny):
+    c = tiny.config
+    _, text = random_batch(c, [7], 7)  # one text of 7 tokens, no padding
+    reference, _ = tiny.encode_text(text)
+    for length in [8, 15, c.context_length]:
+        padded = torch.full((1, length), c.pad_id)
+        padded[:, :7] = text
+        embedding, _ = tiny.encode_text(padded)
+        torch.testing.assert_close(embedding, reference, atol=1e-6, rtol=0)
+    # ...also inside a batch beside longer texts
+    _, batch = random_batch(c, [7, 20, 30], 30, seed=3)
+    batch[0, :7] = text
+    embedding, _ = tiny.encode_text(batch)
+    torch.testing.assert_close(embedding[:1], reference, atol=1e-6, rtol=0)
+
+
+def test_text_embedding_sees_the_last_real_token(tiny):
+    _, text = random_batch(tiny.config, [7], 10)
+    other = text.clone()
+    other[0, 5] = 3 if other[0, 5] != 3 else 4  # the last word before [EOS]
+    assert not torch.allclose(tiny.encode_text(text)[0], tiny.encode_text(other)[0], atol=1e-4)
+
+
+def contrastive_pooler_input(model, images):
+    seen = {}
+    handle = model.contrastive_pooler.register_forward_hook(lambda m, args, out: seen.update(context=args[0]))
+    with torch.no_grad():
+        vit_tokens = model.image_encoder(images)
+        caption_tokens = model.caption_pooler(vit_tokens)
+        model.encode_image(images)
+    handle.remove()
+    return seen["context"], vit_tokens, caption_tokens
+
+
+def test_cascade_contrastive_pooler_reads_the_caption_poolers_output(tiny):
+    images, _ = random_batch(tiny.config, [4, 4], 4)
+    context, vit_tokens, caption_tokens = contrastive_pooler_input(tiny, images)
+    assert context.shape == caption_tokens.shape  # (B, n_caption_queries, D)
+    torch.testing.assert_close(context, caption_tokens, atol=0, rtol=0)
+
+
+def test_parallel_contrastive_pooler_reads_the_vit_tokens():
+    torch.manual_seed(0)
+    model = CoCa(CoCaConfig(pooler_mode="parallel")).eval()
+    images, _ = random_batch(model.config, [4, 4], 4)
+    context, vit_tokens, caption_tokens = contrastive_pooler_input(model, images)
+    assert context.shape == vit_tokens.shape  # (B, 64 patches, Dv)
+    torch.testing.assert_close(context, vit_tokens, atol=0, rtol=0)
+
+
+def test_all_padding_caption_gives_finite_losses_and_gradients(tiny):
+    model = CoCa(tiny.config)
+    images, tokens = random_batch(model.config, [6, 6], 8)
+    tokens[1] = model.config.pad_id  # the second caption is nothing but padding
+    losses = coca_loss(model(images, tokens), tokens, model.config.pad_id)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    tokens[:] = model.config.pad_id  # and a batch with no real token at all
+    losses = coca_loss(model(images, tokens), tokens, model.config.pad_id)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_whole_model_loss_gradcheck_float64(micro_config):
+    # every input pixel, exactly: a model small enough for the full Jacobian
+    torch.manual_seed(0)
+    model = CoCa(micro_config).double()
+    images, tokens = random_batch(micro_config, [6, 4], 6)
+    images = images.double().requires_grad_()
+    loss = lambda x: coca_loss(model(x, tokens), tokens, micro_config.pad_id)["loss"]
+    assert gradcheck(loss, (images,))
+
+
+def test_tiny_model_loss_gradcheck_float64():
+    # the real tiny preset: fast mode checks a random directional derivative of the loss
+    torch.manual_seed(0)
+    model = CoCa(PRESETS["tiny"]).double()
+    images, tokens = random_batch(model.config, [9, 6], 9)
+    images = images.double().requires_grad_()
+    loss = lambda x: coca_loss(model(x, tokens), tokens, model.config.pad_id)["loss"]
+    assert gradcheck(loss, (images,), fast_mode=True)
+
+
+def test_tiny_model_overfits_eight_pairs():
+    torch.manual_seed(0)
+    model = CoCa(PRESETS["tiny"])
+    images, tokens = random_batch(model.config, [12, 9, 7, 12, 10, 5, 8, 11], 12)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    losses = []
+    for step in range(200):
+        loss = coca_loss(model(images, tokens), tokens, model.config.pad_id)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if losses[-1] < 0.05 * losses[0]:
+            break
+    assert losses[-1] < 0.05 * losses[0], f"loss went from {losses[0]:.3f} to {losses[-1]:.3f}"
