@@ -1,0 +1,131 @@
+"""Data sets and batching: the tiny set, manifests, COCO JSON, bad files, preprocessing."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from coca_min import shapes
+from coca_min.data import (MEAN, STD, CaptionManifest, CocoCaptions, TinyShapes, collate,
+                           preprocess)  # fmt: skip
+from coca_min.tokenizer import BOS, EOS, PAD, Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train(["a red circle", "a blue square on the left"], vocab_size=300)
+
+
+def test_tiny_split_items_and_images():
+    val = TinyShapes("val")
+    image, tokens = val[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert tokens[0] == BOS and tokens[-1] == EOS and (tokens != PAD).all()
+    assert val.tokenizer.decode(tokens) == val.captions[0][0]  # evaluation: the canonical caption
+    rgb = torch.from_numpy(shapes.PALETTE[val.pixels[5].numpy()]).permute(2, 0, 1)  # (3, 64, 64)
+    torch.testing.assert_close(val[5][0], (rgb.float() / 255 - MEAN) / STD)
+    assert all(len(c) == 3 for c in val.captions)  # all captions of every image, for evaluation
+
+
+def test_training_draws_one_caption_per_image_per_epoch():
+    train = TinyShapes("train")
+    first = [train.caption_index(i) for i in range(300)]
+    assert first == [train.caption_index(i) for i in range(300)]  # same epoch, same draw
+    train.set_epoch(1)
+    second = [train.caption_index(i) for i in range(300)]
+    assert first != second and set(first) == {0, 1, 2}
+
+
+def test_collate_pads_with_the_pad_id():
+    a, b = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
+    images, tokens = collate([(a, torch.tensor([1, 7, 2])), None, (b, torch.tensor([1, 7, 8, 9, 2]))])
+    assert images.shape == (2, 3, 4, 4)  # the None (an image that failed to load) is dropped
+    assert tokens.tolist() == [[1, 7, 2, PAD, PAD], [1, 7, 8, 9, 2]]
+
+
+def test_preprocess_centre_crops_the_shorter_side():
+    image = torch.zeros(3, 4, 8, dtype=torch.uint8)
+    image[:, :, 2:6] = 255  # the centre 4 x 4 square is white, the sides black
+    out = preprocess(image, size=4)
+    torch.testing.assert_close(out, ((torch.ones(3, 4, 4) - MEAN) / STD))
+    assert preprocess(torch.zeros(3, 30, 50, dtype=torch.uint8), size=16).shape == (3, 16, 16)
+    torch.manual_seed(0)
+    crops = {tuple(preprocess(torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8), 16, train=True).shape)
+             for _ in range(5)}  # fmt: skip
+    assert crops == {(3, 16, 16)}
+
+
+def write_images(folder, names):
+    folder.mkdir(exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(folder / name)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    write_images(tmp_path / "images", ["a.png", "b.png", "c.jpg"])
+    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG not really an image")
+    return tmp_path / "images"
+
+
+ROWS = [("a.png", "a red circle"), ("b.png", "a blue square"), ("a.png", "a circle that is red"),
+        ("c.jpg", "a square on the left"), ("broken.png", "a corrupt file"), ("gone.png", "a missing file")]  # fmt: skip
+
+
+def check_skips_bad_files(make):
+    with pytest.warns(UserWarning, match=r"skipping 2 of 5 images.*broken\.png.*gone\.png \(missing\)"):
+        data = make(strict=False)
+    assert len(data) == 3
+    assert sorted(len(c) for c in data.captions) == [1, 1, 2]  # a.png has two captions
+    loader = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=collate)
+    images, tokens = next(iter(loader))
+    assert images.shape == (3, 3, 32, 32) and tokens[:, 0].tolist() == [BOS] * 3
+    with pytest.raises(ValueError, match=r"2 of 5 images cannot be read"):
+        make(strict=True)
+
+
+def test_jsonl_manifest(tmp_path, image_folder, tokenizer):
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps({"image": i, "caption": c}) + "\n" for i, c in ROWS))
+    check_skips_bad_files(lambda strict: CaptionManifest(manifest, image_folder, tokenizer, 32, strict=strict))
+
+
+def test_csv_manifest(tmp_path, image_folder, tokenizer):
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("image,caption\n" + "".join(f'{i},"{c}"\n' for i, c in ROWS))
+    check_skips_bad_files(lambda strict: CaptionManifest(manifest, image_folder, tokenizer, 32, strict=strict))
+
+
+def test_coco_caption_json(tmp_path, image_folder, tokenizer):
+    names = sorted({i for i, _ in ROWS}) + ["uncaptioned.png"]
+    coco = {"images": [{"id": 10 + k, "file_name": n} for k, n in enumerate(names)],
+            "annotations": [{"id": k, "image_id": 10 + names.index(i), "caption": c} for k, (i, c) in enumerate(ROWS)]}  # fmt: skip
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(coco))
+    check_skips_bad_files(lambda strict: CocoCaptions(path, image_folder, tokenizer, 32, strict=strict))
+
+
+def test_a_file_that_breaks_during_training_is_skipped_not_fatal(tmp_path, image_folder, tokenizer):
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps({"image": i, "caption": c}) + "\n" for i, c in ROWS[:4]))
+    data = CaptionManifest(manifest, image_folder, tokenizer, 32, train=True)
+    (image_folder / "b.png").write_bytes(b"overwritten after the check")
+    with pytest.warns(UserWarning, match=r"could not decode .*b\.png"):
+        batches = list(torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate))
+    assert sum(len(images) for images, _ in batches) == 2
+
+
+def test_missing_paths_are_named(tmp_path, image_folder, tokenizer):
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+        CaptionManifest(tmp_path / "nowhere.jsonl", image_folder, tokenizer, 32)
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        CocoCaptions(tmp_path / "c.json", tmp_path / "no_such_folder", tokenizer, 32)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"file": "a.png", "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match="row 1: expected fields 'image' and 'caption'"):
+        CaptionManifest(bad, image_folder, tokenizer, 32)
+    with pytest.raises(ValueError, match="unknown tiny_data split 'tets'"):
+        TinyShapes("tets")
