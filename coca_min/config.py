@@ -59,8 +59,12 @@ class CoCaConfig:
                 raise ValueError(f"{what} width {width} must be divisible by its {heads} heads")
         if self.pooler_mode not in ("cascade", "parallel"):
             raise ValueError(f"pooler_mode must be 'cascade' or 'parallel', got {self.pooler_mode!r}")
-        if max(self.pad_id, self.bos_id, self.eos_id) >= self.vocab_size:
-            raise ValueError(f"special token ids must be below vocab_size ({self.vocab_size})")
+        specials = (self.pad_id, self.bos_id, self.eos_id)
+        if len(set(specials)) < 3 or min(specials) < 0 or max(specials) >= self.vocab_size:
+            raise ValueError(
+                f"pad_id, bos_id, eos_id must be three different ids in [0, vocab_size = "
+                f"{self.vocab_size}); got {specials}"
+            )
         if self.context_length < 2:
             raise ValueError("context_length must be at least 2 ([BOS] and [EOS])")
 

@@ -34,8 +34,8 @@ class TextDecoder(nn.Module):
         c = config
         self.pad_id = c.pad_id
         self.token_embedding = nn.Embedding(c.vocab_size, c.text_width)
-        self.pos_embedding = nn.Parameter(torch.randn(c.context_length, c.text_width) * 0.01)
-        self.cls_embedding = nn.Parameter(torch.randn(c.text_width) * 0.02)  # no position
+        self.pos_embedding = nn.Parameter(torch.empty(c.context_length, c.text_width))
+        self.cls_embedding = nn.Parameter(torch.empty(c.text_width))  # it gets no position
         self.unimodal_layers = nn.ModuleList(
             Block(c.text_width, c.text_heads, c.text_mlp) for _ in range(c.n_uni)
         )
@@ -47,7 +47,13 @@ class TextDecoder(nn.Module):
         )
         self.ln_final = nn.LayerNorm(c.text_width)
         self.lm_head = nn.Linear(c.text_width, c.vocab_size, bias=False)
-        if c.tie_embeddings:
+        self.tie_embeddings = c.tie_embeddings
+        self.reset_parameters()
+
+    def reset_parameters(self):  # this module's own parameters; submodules have theirs
+        nn.init.normal_(self.pos_embedding, std=0.01)
+        nn.init.normal_(self.cls_embedding, std=0.02)
+        if self.tie_embeddings:  # (again after `to_empty`, which unties shared parameters)
             self.lm_head.weight = self.token_embedding.weight  # one (V, D) matrix for both
 
     def unimodal(self, tokens):

@@ -37,15 +37,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(context_dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x, context=None, mask=None):
+    def forward(self, x, context=None, mask=None, key_padding_mask=None):
         # x: (B, T, dim) queries; context: (B, S, context_dim) keys and values, or None for x
         # mask: None, (T, S) or (B, T, S) bool, True where query t may attend to key s
+        # key_padding_mask: None or (B, S) bool, True at keys that are padding (never attended)
         context = x if context is None else context
         q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)
         k = rearrange(self.k_proj(context), "b s (h d) -> b h s d", h=self.n_heads)
         v = rearrange(self.v_proj(context), "b s (h d) -> b h s d", h=self.n_heads)
         if mask is not None and mask.dim() == 3:
             mask = mask[:, None]  # (B, 1, T, S): the same mask for every head
+        if key_padding_mask is not None:
+            keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+            mask = keep if mask is None else mask & keep
         # softmax(q kᵀ / √d_head) v, with disallowed scores set to -inf before the softmax
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d_head)
         return self.out_proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, dim)
@@ -82,6 +86,8 @@ class Block(nn.Module):
 
     def forward(self, x, mask=None, context=None):
         # x: (B, T, dim); mask: self-attention mask (see Attention); context: (B, S, context_dim)
+        if (context is None) != (self.cross_attn is None):  # e.g. a caption with no image
+            raise ValueError("a block with cross-attention needs a context, and only such a block takes one")
         x = x + self.attn(self.ln_attn(x), mask=mask)
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.ln_cross(x), context=context)
@@ -102,8 +108,12 @@ def causal_padding_mask(is_pad: torch.Tensor) -> torch.Tensor:
 
 
 def init_weights(module: nn.Module) -> None:
-    """Small normal weights (std 0.02, as in ViT and GPT-2), zero biases; LayerNorm stays (1, 0)."""
+    """Initialise one module's own parameters: small normal weights (std 0.02, as in ViT and
+    GPT-2) and zero biases for Linear and Embedding; anything else with a `reset_parameters`
+    (LayerNorm, and coca_min's modules for their position embeddings and queries) uses that."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif hasattr(module, "reset_parameters"):
+        module.reset_parameters()

@@ -21,7 +21,11 @@ import torch.nn.functional as F
 
 def contrastive_loss(image_embedding, text_embedding, logit_scale):
     """Symmetric InfoNCE: (B, E) unit-norm embeddings, scalar scale s -> scalar loss."""
-    logits = logit_scale * image_embedding @ text_embedding.T  # (B, B): image i vs text j
+    # at least float32, even under bf16 autocast: near s = 100, bf16 logits are 0.5 apart
+    dtype = torch.promote_types(image_embedding.dtype, torch.float32)
+    with torch.autocast(image_embedding.device.type, enabled=False):
+        x, y = image_embedding.to(dtype), text_embedding.to(dtype)
+        logits = logit_scale.to(dtype) * x @ y.T  # (B, B): image i against text j
     labels = torch.arange(logits.shape[0], device=logits.device)  # pair i is on the diagonal
     image_to_text = F.cross_entropy(logits, labels)  # each row: which text is image i's?
     text_to_image = F.cross_entropy(logits.T, labels)  # each column: which image is text j's?

@@ -45,8 +45,17 @@ class CoCa(nn.Module):
         self.image_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
         self.text_decoder = TextDecoder(c)
         # learnable temperature: s = exp(log_logit_scale) = 1/σ, starting at 1/0.07
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.apply(init_weights)  # Linear and Embedding weights; the rest set their own
+        self.log_logit_scale = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """(Re)initialise every parameter, e.g. after building on the meta device:
+        `with torch.device("meta"): m = CoCa(c)`, then `m.to_empty(device="cuda").reset_parameters()`."""
+        for module in self.modules():
+            if module is not self:
+                init_weights(module)  # each module's own parameters (this ties the LM head again)
+        with torch.no_grad():
+            self.log_logit_scale.fill_(math.log(1 / 0.07))
 
     def encode_image(self, images):
         """(B, 3, H, W) normalised pixels -> image embedding (B, E) unit norm, caption tokens
@@ -70,12 +79,14 @@ class CoCa(nn.Module):
         Returns a dict: image_embedding (B, E), text_embedding (B, E), logits (B, T-1, V) where
         position t predicts tokens[:, t+1], and logit_scale (the scalar s, at most 100).
         """
-        if images.dim() >= 1 and tokens.dim() >= 1 and images.shape[0] != tokens.shape[0]:
+        self._check_images(images)
+        self._check_tokens(tokens)
+        if images.shape[0] != tokens.shape[0]:
             raise ValueError(
                 f"expected as many texts as images; got {images.shape[0]} images and "
                 f"{tokens.shape[0]} texts"
             )
-        if tokens.dim() == 2 and tokens.shape[1] < 2:
+        if tokens.shape[1] < 2:
             raise ValueError(f"expected texts of at least 2 tokens ([BOS] and one target); got {tokens.shape[1]}")
         image_embedding, caption_tokens = self.encode_image(images)
         text_embedding, token_features = self.encode_text(tokens)
@@ -119,10 +130,15 @@ class CoCa(nn.Module):
                 f"tokens: expected at most context_length = {c.context_length} tokens per text; "
                 f"got {tokens.shape[1]}"
             )
-        if tokens.numel() and not tokens.is_meta and (tokens.min() < 0 or tokens.max() >= c.vocab_size):
+        # reading the ids costs one GPU->CPU sync, but an out-of-range id on a GPU is otherwise a
+        # cryptic device-side assert; torch.compile skips the check (it cannot branch on data)
+        if tokens.numel() == 0 or tokens.is_meta or torch.compiler.is_compiling():
+            return
+        low, high = torch.aminmax(tokens)
+        if low < 0 or high >= c.vocab_size:
             raise ValueError(
                 f"tokens: expected ids in [0, vocab_size = {c.vocab_size}); got ids from "
-                f"{tokens.min().item()} to {tokens.max().item()}"
+                f"{low.item()} to {high.item()}"
             )
 
 

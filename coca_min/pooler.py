@@ -22,10 +22,14 @@ from .layers import Attention
 class AttentionalPooler(nn.Module):
     def __init__(self, dim: int, n_queries: int, n_heads: int, context_dim: int):
         super().__init__()
-        self.queries = nn.Parameter(torch.randn(n_queries, dim) * 0.02)  # (n_queries, dim)
+        self.queries = nn.Parameter(torch.empty(n_queries, dim))  # (n_queries, dim), learned
         self.ln_context = nn.LayerNorm(context_dim)
         self.attn = Attention(dim, n_heads, context_dim)
         self.ln_out = nn.LayerNorm(dim)
+        self.reset_parameters()
+
+    def reset_parameters(self):  # this module's own parameters; submodules have theirs
+        nn.init.normal_(self.queries, std=0.02)
 
     def forward(self, context):  # (B, N, context_dim) -> (B, n_queries, dim)
         queries = self.queries.expand(context.shape[0], -1, -1)  # (B, n_queries, dim)

@@ -23,9 +23,13 @@ class VisionTransformer(nn.Module):
         n_patches = (image_size // patch_size) ** 2
         # a Linear on flattened patches is the same as a Conv2d with stride = kernel = patch_size
         self.patch_embed = nn.Linear(channels * patch_size * patch_size, width)
-        self.pos_embed = nn.Parameter(torch.randn(n_patches, width) * 0.02)
+        self.pos_embed = nn.Parameter(torch.empty(n_patches, width))  # learned, one per patch
         self.blocks = nn.ModuleList(Block(width, heads, mlp_dim) for _ in range(layers))
         self.ln_out = nn.LayerNorm(width)
+        self.reset_parameters()
+
+    def reset_parameters(self):  # this module's own parameters; submodules have theirs
+        nn.init.normal_(self.pos_embed, std=0.02)
 
     def forward(self, images):  # (B, C, H, W) -> (B, N, width), N = (H / p)(W / p) patches
         p = self.patch_size

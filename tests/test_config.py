@@ -70,6 +70,7 @@ def test_parameter_comments_in_config_are_measured_values():
         (dict(text_width=100, text_heads=3), "divisible"),
         (dict(pooler_mode="sideways"), "cascade"),
         (dict(vocab_size=2), "vocab_size"),
+        (dict(pad_id=2), "three different ids"),  # pad and eos would collide
     ],
 )
 def test_inconsistent_config_is_refused(bad, words):

@@ -47,6 +47,13 @@ def test_bad_images_are_refused(model, images, words):
 def test_bad_tokens_are_refused(model, tokens, words):
     with pytest.raises(ValueError, match=words):
         model.encode_text(tokens)
+    with pytest.raises(ValueError, match=words):
+        model(torch.randn(len(tokens), 3, 64, 64), tokens)
+
+
+def test_images_that_are_not_a_tensor_are_refused(model):
+    with pytest.raises(ValueError, match=r"4-D tensor.*got list"):
+        model([[0.0]], good_tokens(1))
 
 
 def test_image_and_text_batches_must_match(model):

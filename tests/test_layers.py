@@ -119,3 +119,34 @@ def test_pooler_is_permutation_invariant_over_its_inputs():
     context = torch.randn(2, 5, 6)
     shuffled = context[:, torch.randperm(5)]
     torch.testing.assert_close(pooler(shuffled), pooler(context), atol=1e-6, rtol=1e-5)
+
+
+def test_key_padding_mask_matches_torch_multihead_attention():
+    torch.manual_seed(0)
+    ours = Attention(16, 4, context_dim=12)
+    theirs = nn.MultiheadAttention(16, 4, kdim=12, vdim=12, batch_first=True)
+    with torch.no_grad():
+        theirs.q_proj_weight.copy_(ours.q_proj.weight)
+        theirs.k_proj_weight.copy_(ours.k_proj.weight)
+        theirs.v_proj_weight.copy_(ours.v_proj.weight)
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.out_proj.weight.copy_(ours.out_proj.weight)
+        theirs.out_proj.bias.copy_(ours.out_proj.bias)
+    x, context = torch.randn(2, 5, 16), torch.randn(2, 7, 12)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, 4:] = True  # the second context has 4 real keys (both use True = padding)
+    expected, _ = theirs(x, context, context, key_padding_mask=padding, need_weights=False)
+    got = ours(x, context=context, key_padding_mask=padding)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    # padding keys really are ignored: changing them changes nothing
+    changed = context.clone()
+    changed[1, 4:] = 100.0
+    torch.testing.assert_close(ours(x, context=changed, key_padding_mask=padding), got)
+
+
+def test_block_refuses_a_missing_or_unexpected_context():
+    x = torch.randn(1, 3, 8)
+    with pytest.raises(ValueError, match="needs a context"):
+        Block(8, 2, 16, cross_attention=True)(x)  # would silently attend to the future otherwise
+    with pytest.raises(ValueError, match="needs a context"):
+        Block(8, 2, 16)(x, context=torch.randn(1, 2, 8))

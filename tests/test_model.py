@@ -38,6 +38,27 @@ def test_forward_shapes_and_unit_norm_embeddings(tiny):
     torch.testing.assert_close(text_embedding, out["text_embedding"])
 
 
+def test_decoder_halves_are_built_as_the_paper_says(tiny):
+    decoder, c = tiny.text_decoder, tiny.config
+    assert len(decoder.unimodal_layers) == c.n_uni and len(decoder.multimodal_layers) == c.n_multi
+    assert all(layer.cross_attn is None for layer in decoder.unimodal_layers)  # text alone
+    assert all(layer.cross_attn is not None for layer in decoder.multimodal_layers)  # text + image
+
+
+def test_model_built_on_meta_can_be_materialised(micro_config):
+    config = CoCaConfig(**{**vars(micro_config), "tie_embeddings": True})
+    with torch.device("meta"):
+        model = CoCa(config)
+    model.to_empty(device="cpu")
+    model.reset_parameters()
+    decoder = model.text_decoder
+    assert decoder.lm_head.weight is decoder.token_embedding.weight  # still tied
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert model.log_logit_scale.exp().item() == pytest.approx(1 / 0.07)
+    images, tokens = random_batch(config, [6, 4], 6)
+    assert torch.isfinite(coca_loss(model(images, tokens), tokens, config.pad_id)["loss"])
+
+
 def test_logit_scale_is_clamped_at_100(tiny):
     model = CoCa(tiny.config)
     with torch.no_grad():
@@ -142,6 +163,24 @@ def test_whole_model_loss_gradcheck_float64(micro_config):
     images = images.double().requires_grad_()
     loss = lambda x: coca_loss(model(x, tokens), tokens, micro_config.pad_id)["loss"]
     assert gradcheck(loss, (images,))
+
+
+def test_whole_model_loss_gradcheck_float64_text_path(micro_config):
+    # the text side too: [CLS], position embeddings and both projections, through every layer
+    torch.manual_seed(0)
+    model = CoCa(micro_config).double()
+    images, tokens = random_batch(micro_config, [6, 4], 6)
+    images = images.double()
+    names = ["text_decoder.cls_embedding", "text_decoder.pos_embedding",
+             "text_decoder.text_projection.weight", "image_projection.weight"]  # fmt: skip
+    params = dict(model.named_parameters())
+    inputs = tuple(params[n].detach().clone().requires_grad_() for n in names)
+
+    def loss(*values):
+        outputs = torch.func.functional_call(model, {**params, **dict(zip(names, values))}, (images, tokens))
+        return coca_loss(outputs, tokens, micro_config.pad_id)["loss"]
+
+    assert gradcheck(loss, inputs)
 
 
 def test_tiny_model_loss_gradcheck_float64():
