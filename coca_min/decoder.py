@@ -18,7 +18,8 @@ kept from attending to padding by the mask, and it has no position embedding, so
 embedding is the same whatever the padded length (open_clip's CoCa gets this wrong: its [CLS]
 attends to the first pad and not to itself, issues #549 and #1113).
 
-Left out: dropout, and key/value caching for fast decoding.
+`decode_step` runs both halves one new token at a time with a key/value cache, for captioning.
+Left out: dropout.
 """
 
 import torch
@@ -69,6 +70,26 @@ class TextDecoder(nn.Module):
         token_features, cls_out = x[:, :T], x[:, T]  # (B, T, D), (B, D)
         text_embedding = F.normalize(self.text_projection(self.ln_cls(cls_out)), dim=-1)
         return text_embedding, token_features
+
+    def new_cache(self) -> dict:
+        """An empty key/value cache for `decode_step`: one dict per layer of both halves."""
+        n_layers = len(self.unimodal_layers) + len(self.multimodal_layers)
+        return {"length": 0, "layers": [{"self": {}, "cross": {}} for _ in range(n_layers)]}
+
+    def decode_step(self, tokens, caption_tokens, cache):
+        """Incremental decoding: the next tokens (B, t) after the `cache["length"]` tokens already
+        seen -> their logits (B, t, V). Same numbers as `unimodal` then `multimodal` on the whole
+        text (no [CLS] is needed to caption), at the cost of the new tokens only."""
+        start, t = cache["length"], tokens.shape[1]
+        x = self.token_embedding(tokens) + self.pos_embedding[start : start + t]  # (B, t, D)
+        # new token i (position start + i) may attend to every position up to its own
+        mask = torch.ones(t, start + t, dtype=torch.bool, device=tokens.device).tril(diagonal=start)
+        layers = [*self.unimodal_layers, *self.multimodal_layers]
+        for layer, layer_cache in zip(layers, cache["layers"]):
+            context = caption_tokens if layer.cross_attn is not None else None
+            x = layer(x, mask=mask, context=context, cache=layer_cache)
+        cache["length"] = start + t
+        return self.lm_head(self.ln_final(x))  # (B, t, V)
 
     def multimodal(self, token_features, tokens, caption_tokens):
         """Text with image: unimodal features (B, T, D) of `tokens` (B, T) and the caption

@@ -9,8 +9,9 @@ also the fast path (flash / memory-efficient kernels on GPU).
 Masks follow `F.scaled_dot_product_attention`: a boolean mask is True where a query MAY attend
 to a key. (`torch.nn.MultiheadAttention` uses the opposite convention; keep them apart.)
 
-Left out on purpose: dropout, key/value caching for fast decoding, rotary or relative position
-encodings (the paper uses learned absolute positions).
+Decoding one token at a time can keep each layer's keys and values in a `cache` dict (see
+`generate.py`), so earlier tokens are never encoded again. Left out on purpose: dropout, rotary
+or relative position encodings (the paper uses learned absolute positions).
 """
 
 import torch
@@ -37,14 +38,22 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(context_dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x, context=None, mask=None, key_padding_mask=None):
+    def forward(self, x, context=None, mask=None, key_padding_mask=None, cache=None):
         # x: (B, T, dim) queries; context: (B, S, context_dim) keys and values, or None for x
         # mask: None, (T, S) or (B, T, S) bool, True where query t may attend to key s
         # key_padding_mask: None or (B, S) bool, True at keys that are padding (never attended)
-        context = x if context is None else context
+        # cache: None, or a dict that keeps this layer's keys and values between decoding steps
         q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)
-        k = rearrange(self.k_proj(context), "b s (h d) -> b h s d", h=self.n_heads)
-        v = rearrange(self.v_proj(context), "b s (h d) -> b h s d", h=self.n_heads)
+        if cache is not None and context is not None and "k" in cache:
+            k, v = cache["k"], cache["v"]  # cross-attention: the image's keys/values, made once
+        else:
+            source = x if context is None else context
+            k = rearrange(self.k_proj(source), "b s (h d) -> b h s d", h=self.n_heads)
+            v = rearrange(self.v_proj(source), "b s (h d) -> b h s d", h=self.n_heads)
+            if cache is not None:
+                if "k" in cache:  # self-attention: the new tokens' keys/values join the earlier ones
+                    k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v  # (B, h, S so far, d_head)
         if mask is not None and mask.dim() == 3:
             mask = mask[:, None]  # (B, 1, T, S): the same mask for every head
         if key_padding_mask is not None:
@@ -84,13 +93,15 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_dim)
 
-    def forward(self, x, mask=None, context=None):
+    def forward(self, x, mask=None, context=None, cache=None):
         # x: (B, T, dim); mask: self-attention mask (see Attention); context: (B, S, context_dim)
+        # cache: None, or {"self": {}, "cross": {}} kept between decoding steps
         if (context is None) != (self.cross_attn is None):  # e.g. a caption with no image
             raise ValueError("a block with cross-attention needs a context, and only such a block takes one")
-        x = x + self.attn(self.ln_attn(x), mask=mask)
+        cache = cache or {}
+        x = x + self.attn(self.ln_attn(x), mask=mask, cache=cache.get("self"))
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.ln_cross(x), context=context)
+            x = x + self.cross_attn(self.ln_cross(x), context=context, cache=cache.get("cross"))
         return x + self.mlp(self.ln_mlp(x))
 
 

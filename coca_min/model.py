@@ -12,7 +12,7 @@ instead reuses query 0 of a single 256-query pooler, and CoCa-pytorch uses one 2
 pooler; neither is the paper's design.
 
 Inputs are checked before any tensor work, so a wrong shape or token id fails with a message in
-the user's terms. Left out: the losses (`losses.py`) and caption decoding.
+the user's terms. Left out: the losses (`losses.py`) and caption decoding (`generate.py`).
 """
 
 import math
@@ -56,6 +56,13 @@ class CoCa(nn.Module):
                 init_weights(module)  # each module's own parameters (this ties the LM head again)
         with torch.no_grad():
             self.log_logit_scale.fill_(math.log(1 / 0.07))
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu") -> "CoCa":
+        """A trained model from a checkpoint written by `checkpoint.save_checkpoint`."""
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, device)["model"]
 
     def encode_image(self, images):
         """(B, 3, H, W) normalised pixels -> image embedding (B, E) unit norm, caption tokens

@@ -18,6 +18,8 @@ Left out: occlusion, rotation, textures, backgrounds; anything that would make c
 ambiguous.
 """
 
+import re
+
 import numpy as np
 
 IMAGE_SIZE = 64
@@ -104,16 +106,22 @@ def render(objects, jitter) -> np.ndarray:
     return image
 
 
+def with_article(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words  # "an orange square"
+
+
+def place_phrase(row: int, col: int) -> str:
+    where = POSITIONS[row][col]
+    return f"in the {where}" if where == "center" else f"on the {where}" if row == 1 else f"at the {where}"
+
+
 def _noun(obj, size=False):
     shape, colour, sz = SHAPES[obj[0]], COLOURS[obj[1]], SIZES[obj[2]]
-    words = f"{sz} {colour} {shape}" if size else f"{colour} {shape}"
-    return ("an " if words[0] in "aeiou" else "a ") + words
+    return with_article(f"{sz} {colour} {shape}" if size else f"{colour} {shape}")
 
 
 def _place(obj):
-    row, col = int(obj[3]), int(obj[4])
-    where = POSITIONS[row][col]
-    return f"in the {where}" if where == "center" else f"on the {where}" if row == 1 else f"at the {where}"
+    return place_phrase(int(obj[3]), int(obj[4]))
 
 
 def _relation(a, b):
@@ -136,6 +144,21 @@ def captions(objects, index: int, split: str) -> list[str]:
             f"{_noun(a)} is {_relation(a, b)} {_noun(b)}" for a, b in zip(order, order[1:])
         )
     return [canonical, existential, relational]
+
+
+_PHRASE = re.compile(
+    rf"\ban? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) (?:at|on|in) the "
+    rf"({'|'.join(sorted((p for row in POSITIONS for p in row), key=len, reverse=True))})\b"
+)
+
+
+def parse_caption(text: str) -> list[tuple]:
+    """The objects a caption states in full (canonical phrases "a small red circle at the top
+    left"): a list of (shape, colour, size, row, col) index tuples, as in the ground truth.
+    Phrases that leave out size or position (existential, relational) state no full object."""
+    where = {p: (r, c) for r, row in enumerate(POSITIONS) for c, p in enumerate(row)}
+    return [(SHAPES.index(shape), COLOURS.index(colour), SIZES.index(size), *where[place])
+            for size, colour, shape, place in _PHRASE.findall(text.lower())]  # fmt: skip
 
 
 def generate(split: str, indices=None):

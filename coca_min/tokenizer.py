@@ -117,18 +117,24 @@ class Tokenizer:
             raise ValueError(f"token ids must be in [0, {self.vocab_size})")
         return b"".join(self.vocab[i] for i in ids if i >= BYTE_OFFSET).decode("utf-8", errors="replace")
 
-    def save(self, path) -> None:
-        data = {"format": "coca_min byte-level BPE", "version": 1, "special_tokens": SPECIALS,
+    def state(self) -> dict:
+        """Everything needed to rebuild this tokenizer, as plain JSON-able data."""
+        return {"format": "coca_min byte-level BPE", "version": 1, "special_tokens": SPECIALS,
                 "byte_offset": BYTE_OFFSET, "split_pattern": SPLIT_PATTERN,
                 "merges": [list(pair) for pair in self.merges]}  # fmt: skip
-        Path(path).write_text(json.dumps(data, indent=None) + "\n")
+
+    @classmethod
+    def from_state(cls, state: dict, source="tokenizer data") -> "Tokenizer":
+        if state.get("format") != "coca_min byte-level BPE" or state.get("version") != 1:
+            raise ValueError(f"{source} is not a coca_min tokenizer (format version 1)")
+        return cls([tuple(pair) for pair in state["merges"]])
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.state()) + "\n")
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        data = json.loads(path.read_text())
-        if data.get("format") != "coca_min byte-level BPE" or data.get("version") != 1:
-            raise ValueError(f"{path} is not a coca_min tokenizer file (format version 1)")
-        return cls([tuple(pair) for pair in data["merges"]])
+        return cls.from_state(json.loads(path.read_text()), source=str(path))

@@ -1,0 +1,172 @@
+"""The standard evaluations of a trained CoCa, in small (paper §4.2-4.3, SPEC §5).
+
+- Zero-shot classification: each class name is put into several prompt templates; their text
+  embeddings are normalised, averaged and normalised again into one class embedding, compared
+  with the contrastive image embedding.
+- CoCa as a scorer: the same classes ranked instead by the captioner's log p(prompt | image),
+  averaged over templates: the generative alternative to zero-shot, same interface.
+- Retrieval: image->text and text->image Recall@1/5/10 with several captions per image.
+- Captioning: BLEU-1..4 and CIDEr-D of generated captions; on the tiny set also object-level
+  precision / recall / F1 and exact match, by parsing the captions against the ground truth.
+
+Everything runs batched under `torch.inference_mode()` on the model's device, with a progress
+bar for long sets. Metrics themselves are in `metrics.py`. Left out: attentive probing and
+fine-tuning (they train), video.
+"""
+
+import torch
+from tqdm import tqdm
+
+from . import shapes
+from .generate import caption
+from .metrics import bleu, cider_d, retrieval_recalls, top_k_accuracy
+
+# prompt templates for tiny_data's 40 colour-shape classes: "there is a red circle", …
+TINY_TEMPLATES = ["there is {}"] + ["{} is " + shapes.place_phrase(r, c) for r in range(3) for c in range(3)]
+TINY_CLASSES = [shapes.with_article(f"{colour} {shape}") for colour, shape in shapes.PAIRS]
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def image_batches(dataset, batch_size=256, desc="images"):
+    """Normalised image batches (b, 3, S, S) of a whole data set, in order, on no device yet."""
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=desc, disable=len(starts) < 8, leave=False):
+        indices = list(range(start, min(start + batch_size, len(dataset))))
+        if hasattr(dataset, "images"):  # the tiny set decodes a whole batch at once
+            yield dataset.images(indices)
+        else:
+            items = [dataset[i] for i in indices]
+            if any(item is None for item in items):
+                raise ValueError("an evaluation image failed to load; evaluation needs every image")
+            yield torch.stack([image for image, _ in items])
+
+
+@torch.inference_mode()
+def embed_images(model, dataset, batch_size=256):
+    """(N, E) unit-norm contrastive image embeddings of a data set."""
+    device = _device(model)
+    return torch.cat([model.encode_image(b.to(device))[0].float() for b in image_batches(dataset, batch_size)])
+
+
+@torch.inference_mode()
+def embed_texts(model, tokenizer, texts, batch_size=1024):
+    """(M, E) unit-norm text embeddings of a list of strings."""
+    device, length = _device(model), model.config.context_length
+    chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    return torch.cat([model.encode_text(tokenizer.encode_batch(c, length).to(device))[0].float() for c in chunks])
+
+
+def class_embeddings(model, tokenizer, classnames, templates):
+    """(C, E): per class, the normalised mean of its templates' normalised text embeddings."""
+    texts = [t.format(name) for name in classnames for t in templates]
+    per_prompt = embed_texts(model, tokenizer, texts).view(len(classnames), len(templates), -1)
+    return torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def zero_shot_scores(model, tokenizer, dataset, classnames, templates):
+    """(N, C) cosine similarities between each image and each class embedding."""
+    return embed_images(model, dataset) @ class_embeddings(model, tokenizer, classnames, templates).T
+
+
+@torch.inference_mode()
+def likelihood_scores(model, tokenizer, dataset, classnames, templates, batch_size=8):
+    """(N, C) log p(prompt | image) by the captioner, averaged over templates (teacher forcing)."""
+    device, decoder = _device(model), model.text_decoder
+    texts = [t.format(name) for name in classnames for t in templates]
+    tokens = tokenizer.encode_batch(texts, model.config.context_length).to(device)  # (C·P, T)
+    tokens = tokens[:, : int((tokens != model.config.pad_id).sum(1).max())]  # drop all-pad columns
+    _, features = decoder.unimodal(tokens)  # text alone: computed once for every image
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    scores = []
+    for images in image_batches(dataset, batch_size, desc="scoring"):
+        _, caption_tokens = model.encode_image(images.to(device))  # (b, n_q, D)
+        b, n = len(images), len(texts)
+        logits = decoder.multimodal(  # every (image, prompt) pair: (b·n, T-1, V)
+            features[:, :-1].repeat(b, 1, 1), inputs.repeat(b, 1), caption_tokens.repeat_interleave(n, 0)
+        )
+        log_p = logits.float().log_softmax(-1).gather(-1, targets.repeat(b, 1)[..., None])[..., 0]
+        log_p = (log_p * (targets != model.config.pad_id).repeat(b, 1)).sum(-1)  # (b·n,)
+        scores.append(log_p.view(b, len(classnames), len(templates)).mean(-1))
+    return torch.cat(scores)
+
+
+def evaluate_tiny_zero_shot(model, tokenizer, dataset, scorer="contrastive"):
+    """Zero-shot accuracy on tiny_data's `classes` split: overall, on seen and on held-out
+    colour-shape pairs, and colour / shape accuracy alone. Returns (metrics, scores, labels)."""
+    score = zero_shot_scores if scorer == "contrastive" else likelihood_scores
+    scores = score(model, tokenizer, dataset, TINY_CLASSES, TINY_TEMPLATES).cpu()
+    objects = torch.as_tensor(dataset.objects[:, 0].astype("int64"))  # (N, 5): the one object
+    labels = objects[:, 1] * len(shapes.SHAPES) + objects[:, 0]  # index into shapes.PAIRS
+    held = torch.tensor([shapes.PAIRS[i] in shapes.HELD_OUT for i in labels.tolist()])
+    predicted = scores.argmax(dim=1)
+    out = top_k_accuracy(scores, labels)
+    out["top1_seen"] = top_k_accuracy(scores[~held], labels[~held], ks=(1,))["top1"]
+    out["top1_held_out"] = top_k_accuracy(scores[held], labels[held], ks=(1,))["top1"]
+    out["colour_accuracy"] = (predicted // 5 == labels // 5).float().mean().item()
+    out["shape_accuracy"] = (predicted % 5 == labels % 5).float().mean().item()
+    return out, scores, labels
+
+
+def evaluate_retrieval(model, dataset, ks=(1, 5, 10)):
+    """Recall@K both ways, with every caption of every image of a data set."""
+    texts = [t for caps in dataset.captions for t in caps]
+    owner = torch.tensor([i for i, caps in enumerate(dataset.captions) for _ in caps])
+    images = embed_images(model, dataset)
+    return retrieval_recalls(images, embed_texts(model, dataset.tokenizer, texts).to(images.device), owner.to(images.device), ks)
+
+
+def evaluate_captions(model, dataset, batch_size=128, **decoding):
+    """Generated captions against all references: BLEU-1..4, CIDEr-D; on the tiny set also
+    object-level precision / recall / F1 and exact match. Returns (metrics, captions)."""
+    device, generated = _device(model), []
+    for images in image_batches(dataset, batch_size, desc="captioning"):
+        generated += caption(model, dataset.tokenizer, images.to(device), **decoding)
+    out = {f"BLEU-{n + 1}": v for n, v in enumerate(bleu(generated, dataset.captions))}
+    out["CIDEr-D"] = cider_d(generated, dataset.captions)
+    if hasattr(dataset, "objects"):
+        out.update(object_scores(generated, dataset.objects))
+    return out, generated
+
+
+def object_scores(captions, objects):
+    """Micro-averaged object precision / recall / F1 (an object counts only with its shape,
+    colour, size and position all right) and the rate of captions that state exactly the
+    image's objects. objects: (N, 3, 5) ground truth as in tiny_data."""
+    matched = n_predicted = n_true = exact = 0
+    for text, objs in zip(captions, objects):
+        truth = sorted(tuple(int(v) for v in o) for o in objs if o[0] != shapes.NO_OBJECT)
+        predicted = sorted(shapes.parse_caption(text))
+        remaining = list(truth)
+        for obj in predicted:
+            if obj in remaining:
+                remaining.remove(obj)
+                matched += 1
+        n_predicted, n_true, exact = n_predicted + len(predicted), n_true + len(truth), exact + (predicted == truth)
+    precision, recall = matched / max(n_predicted, 1), matched / max(n_true, 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"object_precision": precision, "object_recall": recall, "object_F1": f1, "exact_match": exact / len(captions)}
+
+
+def plot_confusion(scores, labels, classnames, path, title="zero-shot confusion"):
+    """Save a confusion-matrix PNG: rows are true classes, columns predicted ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    C = len(classnames)
+    matrix = torch.zeros(C, C).index_put_((labels, scores.argmax(1)), torch.ones(len(labels)), accumulate=True)
+    fig, ax = plt.subplots(figsize=(0.22 * C + 3, 0.22 * C + 2.5))
+    ax.imshow(matrix / matrix.sum(1, keepdim=True).clamp(min=1), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(C), classnames, rotation=90, fontsize=6)
+    ax.set_yticks(range(C), classnames, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return matrix

@@ -1,0 +1,162 @@
+"""Captioning with a trained CoCa: greedy, beam search and sampling (paper §4.3, SPEC §5).
+
+The image is encoded once; the decoder then extends every caption one token at a time. With the
+key/value cache (default), each step feeds only the newest token: the self-attention keys and
+values of earlier tokens are kept per layer in both decoder halves, and the cross-attention keys
+and values of the image are computed once. Without it (`use_cache=False`), each step re-encodes
+the whole prefix exactly as training does; the two give the same tokens.
+
+Search methods, all batched over images:
+- greedy: the most likely next token each step.
+- beam search: keeps the `num_beams` best partial captions by their summed log-probabilities
+  (not raw logits, open_clip's bug in v3.3.0), ranked by sum / length^length_penalty; a beam
+  that has produced [EOS] stays ended and keeps its score.
+- sampling: from softmax(log p / temperature), optionally restricted to the top-k tokens and to
+  the smallest set whose probability reaches top-p (nucleus).
+
+Left out: repetition penalties, diverse beam search, batched prompts of different lengths (one
+prompt serves the whole batch).
+"""
+
+import torch
+
+from .tokenizer import BOS, EOS, PAD
+
+
+class Stepper:
+    """Next-token logits of growing captions for one batch of images, cached or not."""
+
+    def __init__(self, model, caption_tokens, use_cache=True):
+        self.decoder, self.caption_tokens = model.text_decoder, caption_tokens  # (N, n_q, D)
+        self.cache = self.decoder.new_cache() if use_cache else None
+
+    def __call__(self, tokens):  # (N, L) every token so far -> (N, V) logits of token L + 1
+        if self.cache is None:  # re-encode the whole prefix, as in training
+            _, features = self.decoder.unimodal(tokens)
+            return self.decoder.multimodal(features, tokens, self.caption_tokens)[:, -1]
+        new_tokens = tokens[:, self.cache["length"] :]  # only what the cache has not seen
+        return self.decoder.decode_step(new_tokens, self.caption_tokens, self.cache)[:, -1]
+
+    def reorder(self, rows):  # (N',) row i of the next step continues old row rows[i]
+        self.caption_tokens = self.caption_tokens[rows]
+        for layer in self.cache["layers"] if self.cache else []:
+            for kv in layer.values():  # "self" and "cross": (N, h, S, d_head) each
+                kv.update({name: tensor[rows] for name, tensor in kv.items()})
+
+
+def next_log_probs(step, tokens, n_generated, min_new, eos_id, pad_id, bos_id):
+    """log p(next token) (N, V) in float32; [PAD] and [BOS] are never generated, nor [EOS]
+    before `min_new` tokens."""
+    log_probs = step(tokens).float().log_softmax(dim=-1)
+    log_probs[:, [pad_id, bos_id]] = float("-inf")
+    if n_generated < min_new:
+        log_probs[:, eos_id] = float("-inf")
+    return log_probs
+
+
+def extend(step, tokens, choose, max_new, min_new=0, eos_id=EOS, pad_id=PAD, bos_id=BOS):
+    """Greedy or sampled decoding: `choose` picks next tokens (N,) from log-probs (N, V).
+    Returns tokens (N, P + n) ([EOS] then [PAD] after the end) and summed log-probs (N,)."""
+    scores = torch.zeros(tokens.shape[0], device=tokens.device)
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for i in range(max_new):
+        log_probs = next_log_probs(step, tokens, i, min_new, eos_id, pad_id, bos_id)
+        next_token = choose(log_probs)  # (N,)
+        scores += torch.where(finished, 0.0, log_probs.gather(1, next_token[:, None])[:, 0])
+        next_token = torch.where(finished, pad_id, next_token)  # ended captions only pad
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        finished |= next_token == eos_id
+        if finished.all():
+            break
+    return tokens, scores
+
+
+def greedy_choice(log_probs):
+    return log_probs.argmax(dim=-1)
+
+
+def sampling_choice(temperature=1.0, top_k=None, top_p=None, generator=None):
+    """A `choose` for `extend` that samples, with temperature, top-k and nucleus (top-p)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use greedy decoding for 0); got {temperature}")
+
+    def choose(log_probs):  # (N, V)
+        logits = log_probs / temperature
+        if top_k is not None:
+            kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (N, 1)
+            logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        if top_p is not None:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked higher
+            sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # best stays
+            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+    return choose
+
+
+def beam_search(step, reorder, tokens, num_beams, max_new, min_new=0, length_penalty=1.0,
+                eos_id=EOS, pad_id=PAD, bos_id=BOS):  # fmt: skip
+    """Returns each image's best caption (B, P + n) and its score: sum of log-probabilities /
+    length^length_penalty, the length counting generated tokens up to and with [EOS]."""
+    B, K = tokens.shape[0], num_beams
+    start = torch.arange(B, device=tokens.device).repeat_interleave(K)  # (B K,) K copies each
+    tokens = tokens[start]
+    reorder(start)
+    scores = torch.zeros(B, K, device=tokens.device)
+    scores[:, 1:] = float("-inf")  # only one copy is alive at first, or the beam fills with twins
+    scores = scores.view(-1)  # (B K,) summed log-probabilities
+    lengths = torch.zeros(B * K, device=tokens.device)
+    finished = torch.zeros(B * K, dtype=torch.bool, device=tokens.device)
+    for i in range(max_new):
+        log_probs = next_log_probs(step, tokens, i, min_new, eos_id, pad_id, bos_id)  # (B K, V)
+        V = log_probs.shape[-1]
+        log_probs[finished] = float("-inf")  # an ended beam continues only with [PAD], for free
+        log_probs[finished, pad_id] = 0.0
+        new_lengths = lengths + (~finished).float()  # (B K,)
+        candidates = scores[:, None] + log_probs  # (B K, V): every one-token extension
+        ranked = candidates / new_lengths[:, None] ** length_penalty
+        best = ranked.view(B, K * V).topk(K, dim=-1).indices  # (B, K) over beams x tokens
+        rows = (torch.arange(B, device=tokens.device)[:, None] * K + best // V).view(-1)
+        next_token = (best % V).view(-1)  # (B K,)
+        scores = candidates.view(-1)[rows * V + next_token]
+        tokens = torch.cat([tokens[rows], next_token[:, None]], dim=1)
+        finished = finished[rows] | (next_token == eos_id)
+        lengths = new_lengths[rows]
+        reorder(rows)  # the cache follows its beams
+        if finished.all():
+            break
+    final = (scores / lengths.clamp(min=1) ** length_penalty).view(B, K)
+    best = final.argmax(dim=-1)  # (B,)
+    return tokens.view(B, K, -1)[torch.arange(B), best], final[torch.arange(B), best]
+
+
+@torch.inference_mode()
+def generate(model, images, method="greedy", max_new=None, min_new=0, num_beams=4,
+             length_penalty=1.0, temperature=1.0, top_k=None, top_p=None, prompt_ids=(),
+             use_cache=True, generator=None):  # fmt: skip
+    """Caption a batch of images (B, 3, H, W) -> tokens (B, L) `[BOS] prompt … [EOS] [PAD]…` and
+    scores (B,) (summed log-probabilities; length-penalised for beam search)."""
+    c = model.config
+    if method not in ("greedy", "beam", "sample"):
+        raise ValueError(f"method must be 'greedy', 'beam' or 'sample'; got {method!r}")
+    _, caption_tokens = model.encode_image(images)  # (B, n_queries, D), once per image
+    prefix = torch.tensor([[c.bos_id, *prompt_ids]] * len(images), device=caption_tokens.device)
+    room = c.context_length - prefix.shape[1]
+    max_new = room if max_new is None else min(max_new, room)
+    if max_new < 1:
+        raise ValueError(f"the prompt ({len(prompt_ids)} tokens) leaves no room in the context of {c.context_length}")
+    step = Stepper(model, caption_tokens, use_cache)
+    specials = dict(eos_id=c.eos_id, pad_id=c.pad_id, bos_id=c.bos_id)
+    if method == "beam":
+        return beam_search(step, step.reorder, prefix, num_beams, max_new, min_new, length_penalty, **specials)
+    choose = greedy_choice if method == "greedy" else sampling_choice(temperature, top_k, top_p, generator)
+    return extend(step, prefix, choose, max_new, min_new, **specials)
+
+
+def caption(model, tokenizer, images, prompt="", **options) -> list[str]:
+    """Captions as text, continuing `prompt` if one is given (e.g. "a small red")."""
+    prompt_ids = tokenizer.encode(prompt)[1:-1] if prompt else ()  # without [BOS], [EOS]
+    tokens, _ = generate(model, images, prompt_ids=prompt_ids, **options)
+    return [tokenizer.decode(row) for row in tokens]

@@ -1,0 +1,107 @@
+"""Caption, classify and search images with a trained CoCa, from the command line.
+
+    python sample.py --checkpoint out/tiny/ckpt.pt --image a.png b.png               # captions
+    python sample.py --checkpoint … --image a.png --method beam --beams 4            # beam search
+    python sample.py --checkpoint … --image a.png --method sample --top-p 0.9        # sampling
+    python sample.py --checkpoint … --image a.png --prompt "a small red"             # continue
+    python sample.py --checkpoint … --image a.png --classes "a red circle" "a blue square"
+    python sample.py --checkpoint … --query "a red circle" --folder images/          # search
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from coca_min.checkpoint import load_checkpoint
+from coca_min.data import preprocess
+from coca_min.generate import caption
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_image(path, size):
+    """An image file -> (3, size, size) normalised tensor, or a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        sys.exit(f"error: image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+    except Exception as error:
+        sys.exit(f"error: cannot read image {path}: {error}")
+    return preprocess(pixels, size)
+
+
+def main():
+    p = argparse.ArgumentParser(description="Caption, classify and search images with a trained CoCa.")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
+    p.add_argument("--image", nargs="+", default=[], help="image files to caption or classify")
+    p.add_argument("--method", choices=["greedy", "beam", "sample"], default="greedy")
+    p.add_argument("--beams", type=int, default=4, help="beam search: number of beams")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length^this")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=None, help="sampling: keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sampling: nucleus probability")
+    p.add_argument("--min-length", type=int, default=0, help="fewest tokens before [EOS]")
+    p.add_argument("--max-length", type=int, default=None, help="most new tokens")
+    p.add_argument("--prompt", default="", help="text for every caption to continue")
+    p.add_argument("--classes", nargs="+", help="zero-shot: class prompts to choose among")
+    p.add_argument("--query", help="search: rank the images of --folder for this text")
+    p.add_argument("--folder", help="search: a folder of images")
+    p.add_argument("--top", type=int, default=5, help="search: how many results to print")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    if not args.image and not args.query:
+        p.error("give --image FILE … (to caption or classify) or --query TEXT --folder DIR (to search)")
+
+    try:
+        checkpoint = load_checkpoint(args.checkpoint, args.device)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    model, tokenizer = checkpoint["model"], checkpoint["tokenizer"]
+    size = model.config.image_size
+    torch.manual_seed(args.seed)
+
+    if args.query:
+        if not args.folder or not Path(args.folder).is_dir():
+            sys.exit(f"error: --query needs --folder with images; not a folder: {args.folder}")
+        files = sorted(f for f in Path(args.folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            sys.exit(f"error: no image files in {args.folder}")
+        images = torch.stack([load_image(f, size) for f in files]).to(args.device)
+        with torch.inference_mode():
+            image_emb, _ = model.encode_image(images)
+            text_emb, _ = model.encode_text(tokenizer.encode_batch([args.query], model.config.context_length).to(args.device))
+        similarity = (image_emb @ text_emb.T)[:, 0]
+        print(f'images ranked for "{args.query}":')
+        for rank, i in enumerate(similarity.argsort(descending=True)[: args.top].tolist(), start=1):
+            print(f"  {rank}. {files[i]}  (cosine {similarity[i]:.3f})")
+        return
+
+    images = torch.stack([load_image(f, size) for f in args.image]).to(args.device)
+    if args.classes:
+        with torch.inference_mode():
+            image_emb, _ = model.encode_image(images)
+            text_emb, _ = model.encode_text(tokenizer.encode_batch(args.classes, model.config.context_length).to(args.device))
+            probs = (model.log_logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T).softmax(dim=-1)
+        for path, row in zip(args.image, probs):
+            print(f"{path}:")
+            for name, prob in sorted(zip(args.classes, row.tolist()), key=lambda x: -x[1]):
+                print(f"  {prob:6.1%}  {name}")
+        return
+
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    texts = caption(model, tokenizer, images, prompt=args.prompt, method=args.method, num_beams=args.beams,
+                    length_penalty=args.length_penalty, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, min_new=args.min_length, max_new=args.max_length, generator=generator)  # fmt: skip
+    for path, text in zip(args.image, texts):
+        print(f"{path}: {text}")
+
+
+if __name__ == "__main__":
+    main()
