@@ -29,8 +29,8 @@ class CoCaConfig:
     pooler_heads: int = 4
     pooler_mode: str = "cascade"  # "cascade" (paper default) or "parallel" (ablation, Table 8e)
     # --- text decoder (paper §3.2 "decoupled text decoder") ---
-    vocab_size: int = 512
-    context_length: int = 40  # most tokens in one text, [BOS] and [EOS] included
+    vocab_size: int = 366  # the size of tiny_data's tokenizer
+    context_length: int = 32  # most tokens in one text, [BOS] and [EOS] included
     text_width: int = 128
     text_heads: int = 4
     n_uni: int = 2  # unimodal layers: causal self-attention only
@@ -96,7 +96,7 @@ def _paper_size(width, heads, vision_layers, vision_mlp, n_uni, text_mlp, tie_em
 # Parameter counts, measured: image encoder + text decoder (as Table 1 counts them), then the
 # poolers (both attentional poolers, the image projection and the temperature) and the total.
 PRESETS: dict[str, CoCaConfig] = {
-    # tiny: encoder 0.83M + decoder 1.08M = 1.91M; poolers 0.15M; total 2.06M parameters
+    # tiny: encoder 0.83M + decoder 1.04M = 1.87M; poolers 0.15M; total 2.02M parameters
     "tiny": CoCaConfig(),
     # small: encoder 21.7M + decoder 49.6M = 71.3M; poolers 1.4M; total 72.6M parameters
     "small": CoCaConfig(

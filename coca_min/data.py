@@ -93,17 +93,17 @@ class CaptionDataset(torch.utils.data.Dataset):
 class TinyShapes(CaptionDataset):
     """A split of tiny_data/ ("train", "val", "test", "test_comp", "classes"), held in memory."""
 
-    def __init__(self, split, tokenizer=None, context_length=40, train=None, root=TINY_DATA, seed=0):
+    def __init__(self, split, tokenizer=None, context_length=32, train=None, root=TINY_DATA, seed=0, limit=None):
         path = Path(root) / f"{split}.npz"
         if split not in shapes.SPLITS:
             raise ValueError(f"unknown tiny_data split {split!r}; expected one of {list(shapes.SPLITS)}")
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; regenerate with `python -m coca_min.shapes --out {root}`")
         tokenizer = tokenizer or Tokenizer.load(Path(root) / "tokenizer.json")
-        with np.load(path) as data:
-            self.pixels = torch.from_numpy(data["pixels"])  # (N, 64, 64) uint8 palette indices
-            self.objects = data["objects"]  # (N, 3, 5) ground truth, see shapes.py
-            captions = data["captions"].tolist()  # (N, 3) str
+        with np.load(path) as data:  # `limit`: only the first images, for quick checks
+            self.pixels = torch.from_numpy(data["pixels"][:limit])  # (N, 64, 64) palette indices
+            self.objects = data["objects"][:limit]  # (N, 3, 5) ground truth, see shapes.py
+            captions = data["captions"][:limit].tolist()  # (N, 3) str
         super().__init__(captions, tokenizer, context_length, split == "train" if train is None else train, seed)
         self.palette = torch.from_numpy(shapes.PALETTE)  # (9, 3) uint8
 

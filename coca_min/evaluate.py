@@ -160,7 +160,7 @@ def plot_confusion(scores, labels, classnames, path, title="zero-shot confusion"
     C = len(classnames)
     matrix = torch.zeros(C, C).index_put_((labels, scores.argmax(1)), torch.ones(len(labels)), accumulate=True)
     fig, ax = plt.subplots(figsize=(0.22 * C + 3, 0.22 * C + 2.5))
-    ax.imshow(matrix / matrix.sum(1, keepdim=True).clamp(min=1), cmap="Blues", vmin=0, vmax=1)
+    ax.imshow((matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(C), classnames, rotation=90, fontsize=6)
     ax.set_yticks(range(C), classnames, fontsize=6)
     ax.set_xlabel("predicted")

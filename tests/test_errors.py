@@ -10,11 +10,11 @@ from conftest import make_tokens
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return CoCa(PRESETS["tiny"])  # 64 x 64 px, vocab 512, context 40
+    return CoCa(PRESETS["tiny"])  # 64 x 64 px, vocab 366, context 32
 
 
 def good_tokens(batch=2, length=8):
-    return make_tokens([length] * batch, length, 512)
+    return make_tokens([length] * batch, length, 366)
 
 
 @pytest.mark.parametrize(
@@ -37,9 +37,9 @@ def test_bad_images_are_refused(model, images, words):
 @pytest.mark.parametrize(
     "tokens, words",
     [
-        (torch.tensor([[1, 5, 512, 2]]), r"ids in \[0, vocab_size = 512\).*to 512"),
-        (torch.tensor([[1, -1, 6, 2]]), r"ids in \[0, vocab_size = 512\).*from -1"),
-        (torch.ones(1, 41, dtype=torch.long), r"at most context_length = 40 tokens.*got 41"),
+        (torch.tensor([[1, 5, 366, 2]]), r"ids in \[0, vocab_size = 366\).*to 366"),
+        (torch.tensor([[1, -1, 6, 2]]), r"ids in \[0, vocab_size = 366\).*from -1"),
+        (torch.ones(1, 33, dtype=torch.long), r"at most context_length = 32 tokens.*got 33"),
         (torch.ones(8, dtype=torch.long), r"2-D tensor \(batch, tokens\)"),
         (torch.ones(1, 8), r"integer token ids"),
     ],

@@ -1,0 +1,77 @@
+"""The evaluations: class embeddings, the captioner as a scorer, object scores, and the tiny
+set's zero-shot, retrieval and caption reports end to end on small subsets."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coca_min import PRESETS, CoCa, shapes
+from coca_min.data import TinyShapes
+from coca_min.evaluate import (TINY_CLASSES, class_embeddings, evaluate_captions, evaluate_retrieval,
+                               evaluate_tiny_zero_shot, likelihood_scores, object_scores, plot_confusion)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return CoCa(PRESETS["tiny"]).eval()
+
+
+@pytest.fixture(scope="module")
+def classes():
+    return TinyShapes("classes", limit=80)  # every colour-shape pair twice
+
+
+def test_class_embedding_is_normalised_mean_of_normalised_templates(tiny, classes):
+    tok, templates = classes.tokenizer, ["there is {}", "{} is in the center"]
+    got = class_embeddings(tiny, tok, ["a red circle", "a blue cross"], templates)
+    with torch.no_grad():
+        for row, name in zip(got, ["a red circle", "a blue cross"]):
+            per_template, _ = tiny.encode_text(tok.encode_batch([t.format(name) for t in templates], 32))
+            torch.testing.assert_close(row, F.normalize(F.normalize(per_template, dim=-1).mean(0), dim=0))
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(2))
+
+
+def test_likelihood_scores_are_log_p_of_the_prompt_given_the_image(tiny, classes):
+    prompts = ["there is a red circle", "there is an orange cross and a blue square"]
+    scores = likelihood_scores(tiny, classes.tokenizer, TinyShapes("classes", limit=3), prompts, ["{}"])
+    tokens = classes.tokenizer.encode_batch(prompts, 32)
+    with torch.no_grad():
+        for i in range(3):
+            image = classes.images([i]).expand(2, -1, -1, -1)
+            log_p = tiny(image, tokens)["logits"].log_softmax(-1)  # (2, T-1, V)
+            expected = [sum(log_p[c, t, tokens[c, t + 1]] for t in range(31) if tokens[c, t + 1] != 0) for c in range(2)]
+            torch.testing.assert_close(scores[i], torch.stack(expected), atol=1e-4, rtol=0)
+
+
+def test_object_scores_worked_example():
+    objects = torch.full((2, 3, 5), -1, dtype=torch.int8).numpy()
+    objects[0, :2] = [[0, 0, 0, 0, 0], [1, 2, 1, 1, 1]]  # small red circle top left; large blue square center
+    objects[1, :1] = [[4, 7, 0, 2, 2]]  # small white cross bottom right
+    captions = [
+        "a small red circle at the top left and a small blue square in the center",  # 1 of 2 right
+        "a small white cross at the bottom right",  # exact
+    ]
+    scores = object_scores(captions, objects)
+    assert scores["object_precision"] == pytest.approx(2 / 3) and scores["object_recall"] == pytest.approx(2 / 3)
+    assert scores["object_F1"] == pytest.approx(2 / 3) and scores["exact_match"] == 0.5
+    assert object_scores(["there is a white cross"], objects[1:])["object_recall"] == 0.0  # no size, place
+
+
+def test_tiny_zero_shot_report(tiny, classes, tmp_path):
+    report, scores, labels = evaluate_tiny_zero_shot(tiny, classes.tokenizer, classes)
+    assert scores.shape == (80, 40) and labels.tolist() == [i % 40 for i in range(80)]
+    assert {"top1", "top5", "top1_seen", "top1_held_out", "colour_accuracy", "shape_accuracy"} <= set(report)
+    assert all(0.0 <= v <= 1.0 for v in report.values())
+    matrix = plot_confusion(scores, labels, TINY_CLASSES, tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").stat().st_size > 1000 and matrix.sum() == 80
+    assert TINY_CLASSES[shapes.PAIRS.index(("orange", "square"))] == "an orange square"
+
+
+def test_retrieval_and_caption_reports_on_a_subset(tiny):
+    val = TinyShapes("val", limit=12)
+    recalls = evaluate_retrieval(tiny, val)
+    assert set(recalls) == {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+    assert all(0.0 <= v <= 1.0 for v in recalls.values())
+    metrics, captions = evaluate_captions(tiny, val, max_new=12)
+    assert len(captions) == 12 and {"BLEU-4", "CIDEr-D", "object_F1", "exact_match"} <= set(metrics)

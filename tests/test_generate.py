@@ -1,0 +1,134 @@
+"""Caption decoding: the cache changes nothing but speed; beam search, sampling and prompts
+behave as specified; an overfit model captions its training images exactly."""
+
+import math
+
+import pytest
+import torch
+
+from coca_min import PRESETS, CoCa, CoCaConfig
+from coca_min.data import TinyShapes, collate
+from coca_min.generate import Stepper, beam_search, caption, generate
+from coca_min.losses import coca_loss
+from coca_min.tokenizer import BOS, EOS, PAD
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return CoCa(PRESETS["tiny"]).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_cached_and_uncached_decoding_give_identical_tokens(tiny, images, method):
+    cached, cached_scores = generate(tiny, images, method=method, max_new=32)
+    uncached, uncached_scores = generate(tiny, images, method=method, max_new=32, use_cache=False)
+    assert cached.shape[1] > 10 and torch.equal(cached, uncached)
+    torch.testing.assert_close(cached_scores, uncached_scores, atol=1e-4, rtol=0)
+
+
+def test_cached_logits_match_uncached_logits_at_every_step(tiny, images):
+    tokens, _ = generate(tiny, images, max_new=20, min_new=20)
+    with torch.inference_mode():
+        _, caption_tokens = tiny.encode_image(images)
+        cached, uncached = Stepper(tiny, caption_tokens), Stepper(tiny, caption_tokens, use_cache=False)
+        cached(tokens[:, :4])  # a 4-token prefix in one go (as a prompt is fed), then one by one
+        for length in range(5, tokens.shape[1] + 1):
+            torch.testing.assert_close(cached(tokens[:, :length]), uncached(tokens[:, :length]), atol=1e-5, rtol=0)
+
+
+def test_beam_search_with_one_beam_is_greedy(tiny, images):
+    greedy_tokens, greedy_scores = generate(tiny, images, max_new=25)
+    beam_tokens, beam_scores = generate(tiny, images, method="beam", num_beams=1, max_new=25, length_penalty=0.0)
+    assert torch.equal(beam_tokens, greedy_tokens)
+    torch.testing.assert_close(beam_scores, greedy_scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_beam_search_scores_at_least_greedy(tiny, images, length_penalty):
+    greedy_tokens, greedy_sum = generate(tiny, images, max_new=25)
+    lengths = (greedy_tokens[:, 1:] != PAD).sum(1).float()  # generated tokens, [EOS] included
+    greedy_score = greedy_sum / lengths**length_penalty
+    _, beam_score = generate(tiny, images, method="beam", num_beams=4, max_new=25, length_penalty=length_penalty)
+    assert (beam_score >= greedy_score - 1e-5).all()
+
+
+def toy_step(tokens):
+    """A hand-made 'model' over 5 ids (0 pad, 1 bos, 2 eos, 3 x, 4 y) whose raw logits and
+    log-probabilities disagree: after x every continuation is equally likely (logits 5, 5, 5),
+    after y [EOS] is nearly certain (logit 3 against -50)."""
+    logits = torch.full((len(tokens), 5), -50.0)
+    for row, last in enumerate(tokens[:, -1].tolist()):
+        if last == BOS:
+            logits[row, 3], logits[row, 4] = 2.0, 1.0
+        elif last == 3:
+            logits[row, 2:] = 5.0
+        else:
+            logits[row, 2] = 3.0
+    return logits
+
+
+def test_beam_search_ranks_by_log_probabilities_not_raw_logits():
+    # by hand: path "x [EOS]": log p = log(e²/(e²+e)) + log(1/3); path "y [EOS]": log(e/(e²+e)) + ≈0
+    log_p_x_eos = math.log(math.e**2 / (math.e**2 + math.e)) + math.log(1 / 3)  # -1.41
+    log_p_y_eos = math.log(math.e / (math.e**2 + math.e)) + math.log(1 / (1 + 2 * math.exp(-53)))  # -1.31
+    raw_x_eos, raw_y_eos = 2.0 + 5.0, 1.0 + 3.0  # summing raw logits would prefer "x [EOS]"
+    assert log_p_y_eos > log_p_x_eos and raw_x_eos > raw_y_eos
+    start = torch.tensor([[BOS]])
+    tokens, score = beam_search(toy_step, lambda rows: None, start, num_beams=2, max_new=3, length_penalty=0.0)
+    assert tokens.tolist() == [[BOS, 4, EOS, PAD]]  # ended at step 2 and stayed ended
+    assert score.item() == pytest.approx(log_p_y_eos, abs=1e-5)
+
+
+def test_top_k_one_and_tiny_nucleus_are_greedy(tiny, images):
+    greedy_tokens, _ = generate(tiny, images, max_new=20)
+    g = torch.Generator().manual_seed(0)
+    top_k, _ = generate(tiny, images, method="sample", top_k=1, temperature=1.5, max_new=20, generator=g)
+    nucleus, _ = generate(tiny, images, method="sample", top_p=1e-6, max_new=20, generator=g)
+    assert torch.equal(top_k, greedy_tokens) and torch.equal(nucleus, greedy_tokens)
+    sampled, _ = generate(tiny, images, method="sample", max_new=20, generator=g)
+    assert not torch.equal(sampled, greedy_tokens)  # plain sampling does wander
+
+
+def test_lengths_prompt_and_special_tokens(tiny, images):
+    tokens, _ = generate(tiny, images, method="sample", min_new=6, max_new=9, prompt_ids=[7, 8],
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert tokens.shape[1] <= 3 + 9 and (tokens[:, :3] == torch.tensor([BOS, 7, 8])).all()
+    generated = tokens[:, 3:]
+    assert not (generated[:, :6] == EOS).any()  # no [EOS] before min_new tokens
+    assert not (generated == BOS).any()  # never [BOS]
+    assert not (generated[:, :6] == PAD).any()  # [PAD] only after the end
+    with pytest.raises(ValueError, match="method must be"):
+        generate(tiny, images, method="beams")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        generate(tiny, images, method="sample", temperature=0)
+
+
+def test_overfit_model_captions_its_images_exactly():
+    torch.manual_seed(0)
+    data = TinyShapes("val", limit=8)  # 8 images with their canonical captions
+    config = CoCaConfig(vision_width=64, vision_layers=2, vision_heads=2, vision_mlp=128, n_caption_queries=16,
+                        pooler_heads=2, vocab_size=data.tokenizer.vocab_size, text_width=64, text_heads=2,
+                        n_uni=1, n_multi=1, text_mlp=128, embed_dim=64)  # fmt: skip
+    model = CoCa(config)
+    images, tokens = collate([data[i] for i in range(8)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    wanted = [c[0] for c in data.captions]
+    for step in range(1, 801):
+        loss = coca_loss(model(images, tokens), tokens, config.pad_id)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 and caption(model.eval(), data.tokenizer, images) == wanted:
+            break
+        model.train()
+    assert caption(model.eval(), data.tokenizer, images) == wanted, f"not exact after {step} steps"
+    # and a prompt is continued: the first words are kept, the rest is the image's own caption
+    first = data.captions[0][0]
+    prompt = " ".join(first.split()[:3])
+    assert caption(model, data.tokenizer, images[:1], prompt=prompt) == [first]
