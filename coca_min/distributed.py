@@ -1,0 +1,103 @@
+"""Data-parallel training with torch.distributed: the CoCa loss over the global batch (SPEC §3).
+
+Each process (one per GPU, or several on a CPU with the gloo backend) holds a replica of the
+model and a shard of every batch; DistributedDataParallel averages the gradients. Two parts of
+the CoCa loss need more than the local shard:
+
+- **Contrastive.** Every image must be contrasted with the texts of *all* ranks. Each rank keeps
+  its own rows and gathers all ranks' embeddings as columns, with an all-gather whose backward
+  sums the gradient over ranks and returns this rank's slice. Labels are offset by
+  rank · B_local. (Gathering without gradient shrinks the gradient by the world size; a
+  backward that only slices is wrong; labels from the local batch against the gathered matrix
+  point at the wrong columns: the traps of the open versions.)
+- **Captioning.** The mean over the global batch's real tokens needs the all-reduced count.
+
+Because DDP *averages* gradients over W ranks, each rank's loss is scaled so that the average
+of the W local losses is the single-process loss of the global batch: the contrastive loss is
+a mean over equal local shards already, and the caption loss is W · (local sum) / (global count).
+
+Left out: FSDP / model sharding, gradient compression, and the sharded evaluation of huge sets
+(evaluation runs once, on rank 0).
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .losses import caption_loss, coca_loss
+
+
+def setup():
+    """Join the process group if launched by torchrun. -> (rank, world_size, local_rank)."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class AllGatherWithGrad(torch.autograd.Function):
+    """(B, E) on each rank -> (W·B, E), rank r's rows at [r·B, (r+1)·B); gradients flow back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # every rank's loss used every rank's rows: sum those gradients, keep our own slice
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        B = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * B : (dist.get_rank() + 1) * B]
+
+
+def global_contrastive_loss(image_embedding, text_embedding, logit_scale):
+    """Local rows (B, E) against the columns of every rank (W·B, E); mean over local rows."""
+    dtype = torch.promote_types(image_embedding.dtype, torch.float32)
+    x, y = image_embedding.to(dtype), text_embedding.to(dtype)
+    all_x, all_y = AllGatherWithGrad.apply(x), AllGatherWithGrad.apply(y)  # (W·B, E)
+    labels = torch.arange(len(x), device=x.device) + rank() * len(x)  # my pairs' global columns
+    image_to_text = F.cross_entropy(logit_scale * x @ all_y.T, labels)  # (B, W·B)
+    text_to_image = F.cross_entropy(logit_scale * y @ all_x.T, labels)
+    return (image_to_text + text_to_image) / 2
+
+
+def global_coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0):
+    """`losses.coca_loss` over the global batch; the plain one when not distributed."""
+    W = world_size()
+    if W == 1:
+        return coca_loss(outputs, tokens, pad_id, caption_weight, contrastive_weight)
+    targets = tokens[:, 1:]
+    n_local = (targets != pad_id).sum()
+    n_global = n_local.clone()
+    dist.all_reduce(n_global)  # real target tokens in the whole global batch
+    # caption_loss is (local sum) / n_local; rescale it to W · (local sum) / n_global
+    l_cap = caption_loss(outputs["logits"], targets, pad_id) * n_local.clamp(min=1) * W / n_global.clamp(min=1)
+    l_con = global_contrastive_loss(outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"])
+    return {"loss": contrastive_weight * l_con + caption_weight * l_cap, "contrastive": l_con, "caption": l_cap}
+
+
+def mean_over_ranks(values: dict) -> dict:
+    """Average scalar tensors over ranks (for logging: the global batch's losses)."""
+    if world_size() == 1:
+        return {k: v.item() for k, v in values.items()}
+    stacked = torch.stack([v.detach().float() for v in values.values()])
+    dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / world_size()).tolist()))

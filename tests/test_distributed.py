@@ -1,0 +1,68 @@
+"""Distributed CoCa loss (gloo, CPU processes): the same loss and gradients as one process on
+the same global batch, with 2 and 4 processes."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from coca_min import CoCa, CoCaConfig
+from coca_min.distributed import global_coca_loss, mean_over_ranks
+from coca_min.losses import coca_loss
+from conftest import make_tokens
+
+GLOBAL_BATCH = 8
+
+
+def micro():
+    torch.manual_seed(0)
+    config = CoCaConfig(
+        image_size=8, patch_size=4, vision_width=8, vision_layers=1, vision_heads=2, vision_mlp=16,
+        n_caption_queries=3, pooler_heads=2, vocab_size=16, context_length=7,
+        text_width=8, text_heads=2, n_uni=1, n_multi=1, text_mlp=16, embed_dim=8,
+    )  # fmt: skip
+    model = CoCa(config).double()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=g, dtype=torch.float64)
+    # different caption lengths, so that ranks hold different numbers of real tokens
+    tokens = make_tokens([7, 3, 5, 7, 4, 6, 3, 7], 7, 16, generator=g)
+    return model, images, tokens
+
+
+def worker(rank, world, port, result_file):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model, images, tokens = micro()
+    ddp = DistributedDataParallel(model)
+    shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    losses = global_coca_loss(ddp(images[shard], tokens[shard]), tokens[shard], pad_id=0)
+    losses["loss"].backward()  # DDP averages the gradients over ranks
+    logged = mean_over_ranks(losses)
+    if rank == 0:
+        torch.save((logged, {n: p.grad for n, p in model.named_parameters()}), result_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_distributed_loss_and_gradients_equal_single_process(world, tmp_path):
+    model, images, tokens = micro()
+    expected = coca_loss(model(images, tokens), tokens, pad_id=0)
+    expected["loss"].backward()
+    mp.start_processes(worker, args=(world, free_port(), tmp_path / "rank0.pt"), nprocs=world, start_method="spawn")
+    logged, grads = torch.load(tmp_path / "rank0.pt")
+    for key in ["loss", "contrastive", "caption"]:
+        assert logged[key] == pytest.approx(expected[key].item(), abs=1e-6), key
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=0, msg=name)
