@@ -36,12 +36,17 @@ def save_checkpoint(path, model, tokenizer=None, **extra) -> None:
     os.replace(temporary, path)  # atomic: the old file stays whole until the new one is
 
 
-def load_checkpoint(path, device="cpu") -> dict:
-    """The saved dict, with "model" a ready CoCa (eval mode) and "tokenizer" a Tokenizer."""
+def read_checkpoint(path, device="cpu") -> dict:
+    """The saved dict as it is (state dicts, config as a dict, …)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_checkpoint(path, device="cpu") -> dict:
+    """The saved dict, with "model" a ready CoCa (eval mode) and "tokenizer" a Tokenizer."""
+    checkpoint = read_checkpoint(path, device)
     model = CoCa(CoCaConfig(**checkpoint["config"])).to(device)
     model.load_state_dict(checkpoint["model"])
     checkpoint["model"] = model.eval()

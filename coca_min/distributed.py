@@ -21,6 +21,7 @@ Left out: FSDP / model sharding, gradient compression, and the sharded evaluatio
 """
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,12 +30,12 @@ import torch.nn.functional as F
 from .losses import caption_loss, coca_loss
 
 
-def setup():
+def setup(device="cuda"):
     """Join the process group if launched by torchrun. -> (rank, world_size, local_rank)."""
     if "RANK" not in os.environ:
         return 0, 1, 0
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(minutes=60))  # rank 0 may evaluate long
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -70,12 +71,13 @@ class AllGatherWithGrad(torch.autograd.Function):
 
 def global_contrastive_loss(image_embedding, text_embedding, logit_scale):
     """Local rows (B, E) against the columns of every rank (W·B, E); mean over local rows."""
-    dtype = torch.promote_types(image_embedding.dtype, torch.float32)
-    x, y = image_embedding.to(dtype), text_embedding.to(dtype)
-    all_x, all_y = AllGatherWithGrad.apply(x), AllGatherWithGrad.apply(y)  # (W·B, E)
-    labels = torch.arange(len(x), device=x.device) + rank() * len(x)  # my pairs' global columns
-    image_to_text = F.cross_entropy(logit_scale * x @ all_y.T, labels)  # (B, W·B)
-    text_to_image = F.cross_entropy(logit_scale * y @ all_x.T, labels)
+    dtype = torch.promote_types(image_embedding.dtype, torch.float32)  # not in bf16
+    with torch.autocast(image_embedding.device.type, enabled=False):
+        x, y = image_embedding.to(dtype), text_embedding.to(dtype)
+        all_x, all_y = AllGatherWithGrad.apply(x), AllGatherWithGrad.apply(y)  # (W·B, E)
+        labels = torch.arange(len(x), device=x.device) + rank() * len(x)  # my pairs' global columns
+        image_to_text = F.cross_entropy(logit_scale * x @ all_y.T, labels)  # (B, W·B)
+        text_to_image = F.cross_entropy(logit_scale * y @ all_x.T, labels)
     return (image_to_text + text_to_image) / 2
 
 
@@ -101,3 +103,8 @@ def mean_over_ranks(values: dict) -> dict:
     stacked = torch.stack([v.detach().float() for v in values.values()])
     dist.all_reduce(stacked)
     return dict(zip(values, (stacked / world_size()).tolist()))
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

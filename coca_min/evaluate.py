@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import shapes
+from .data import TinyShapes
 from .generate import caption
 from .metrics import bleu, cider_d, retrieval_recalls, top_k_accuracy
 
@@ -170,3 +171,19 @@ def plot_confusion(scores, labels, classnames, path, title="zero-shot confusion"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return matrix
+
+
+def tiny_report(model, tokenizer, limit=None, n_examples=5):
+    """The tiny set's final report: zero-shot on `classes` (seen and held-out pairs), and on
+    `test` and `test_comp` retrieval R@1/5 both ways and greedy-caption scores, with examples.
+    Returns (report, (zero-shot scores, labels)) so that a confusion matrix can be drawn."""
+    classes = TinyShapes("classes", tokenizer, limit=limit)
+    zero_shot, scores, labels = evaluate_tiny_zero_shot(model, tokenizer, classes)
+    report = {"zero_shot": zero_shot}
+    for split in ["test", "test_comp"]:
+        data = TinyShapes(split, tokenizer, limit=limit)
+        captions, generated = evaluate_captions(model, data)
+        report[split] = {**evaluate_retrieval(model, data, ks=(1, 5)), **captions}
+        report[split]["examples"] = [{"generated": g, "reference": refs[0]} for g, refs in
+                                     zip(generated[:n_examples], data.captions)]  # fmt: skip
+    return report, (scores, labels)

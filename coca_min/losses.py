@@ -39,6 +39,7 @@ def caption_loss(logits, targets, pad_id):
             f"logits (batch, positions, vocab) {tuple(logits.shape)} do not match targets "
             f"(batch, positions) {tuple(targets.shape)}"
         )
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # not in bf16
     total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id,
                             reduction="sum")  # fmt: skip
     n_real = (targets != pad_id).sum().clamp(min=1)  # all padding -> 0 / 1, not 0 / 0

@@ -1,0 +1,59 @@
+"""Pictures of a training run: loss curves, learning rate, evaluation metrics over time.
+
+Not part of the paper. `train.py` keeps a history (a list of dicts, one per logged step) and
+calls `plot_training` at every evaluation, so the PNGs in the output folder are always current.
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window: works on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _smooth(values, weight=0.9):
+    out, last = [], values[0] if values else 0.0
+    for v in values:
+        last = weight * last + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def plot_training(history, evaluations, out_dir) -> None:
+    """history: [{"step", "loss", "contrastive", "caption", "lr"}, …];
+    evaluations: [{"step", metric: value, …}, …]. Writes losses.png, lr.png, metrics.png."""
+    out_dir = Path(out_dir)
+    if history:
+        steps = [h["step"] for h in history]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for ax, key, title in zip(axes, ["loss", "contrastive", "caption"],
+                                  ["total: 1·contrastive + 2·caption", "contrastive", "captioning"]):  # fmt: skip
+            values = [h[key] for h in history]
+            ax.plot(steps, values, alpha=0.3, color="C0")
+            ax.plot(steps, _smooth(values), color="C0")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "losses.png", dpi=100)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(steps, [h["lr"] for h in history])
+        ax.set(title="learning rate", xlabel="step")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "lr.png", dpi=100)
+        plt.close(fig)
+    if evaluations:
+        names = [k for k in evaluations[-1] if k != "step"]
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for name in names:
+            ax.plot([e["step"] for e in evaluations], [e.get(name) for e in evaluations], marker="o", label=name)
+        ax.set(title="evaluation during training", xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "metrics.png", dpi=100)
+        plt.close(fig)
