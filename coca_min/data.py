@@ -135,17 +135,19 @@ class ImageFiles(CaptionDataset):
         self.image_size, self.strict, self.failed = image_size, strict, 0
 
     def __getitem__(self, index):
-        try:
-            with Image.open(self.paths[index]) as img:
-                pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
-        except Exception as error:  # passed the check, failed to decode: skip, do not die
-            if self.strict:
-                raise
-            self.failed += 1
-            if self.failed == 1:
-                warnings.warn(f"could not decode {self.paths[index]} ({error}); skipping such files")
-            return None
-        return preprocess(pixels, self.image_size, self.train), self.tokens(index)
+        for attempt in range(len(self)):  # a file that broke since the check: take the next one
+            i = (index + attempt) % len(self)
+            try:
+                with Image.open(self.paths[i]) as img:
+                    pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+                return preprocess(pixels, self.image_size, self.train), self.tokens(i)
+            except Exception as error:  # skip it, do not die (batches keep their size)
+                if self.strict:
+                    raise
+                self.failed += 1
+                if self.failed == 1:
+                    warnings.warn(f"could not decode {self.paths[i]} ({error}); using the next image instead")
+        return None  # no image at all can be read
 
 
 def _unreadable(path: Path):
