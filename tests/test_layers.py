@@ -69,10 +69,10 @@ def test_self_attention_matches_torch_multihead_attention():
     torch.testing.assert_close(ours(x, mask=mask), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_cross_attention_matches_torch_multihead_attention_with_other_key_width():
-    torch.manual_seed(0)
-    ours = Attention(16, 4, context_dim=12)
-    theirs = nn.MultiheadAttention(16, 4, kdim=12, vdim=12, batch_first=True)
+def multihead_attention_like(ours: Attention, context_dim: int):
+    """torch's MultiheadAttention (keys of another width) holding the same weights as `ours`."""
+    dim = ours.q_proj.in_features
+    theirs = nn.MultiheadAttention(dim, ours.n_heads, kdim=context_dim, vdim=context_dim, batch_first=True)
     with torch.no_grad():
         theirs.q_proj_weight.copy_(ours.q_proj.weight)
         theirs.k_proj_weight.copy_(ours.k_proj.weight)
@@ -80,6 +80,13 @@ def test_cross_attention_matches_torch_multihead_attention_with_other_key_width(
         theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
         theirs.out_proj.weight.copy_(ours.out_proj.weight)
         theirs.out_proj.bias.copy_(ours.out_proj.bias)
+    return theirs
+
+
+def test_cross_attention_matches_torch_multihead_attention_with_other_key_width():
+    torch.manual_seed(0)
+    ours = Attention(16, 4, context_dim=12)
+    theirs = multihead_attention_like(ours, context_dim=12)
     x, context = torch.randn(2, 5, 16), torch.randn(2, 7, 12)
     expected, _ = theirs(x, context, context, need_weights=False)
     torch.testing.assert_close(ours(x, context=context), expected, atol=1e-6, rtol=1e-5)
@@ -124,14 +131,7 @@ def test_pooler_is_permutation_invariant_over_its_inputs():
 def test_key_padding_mask_matches_torch_multihead_attention():
     torch.manual_seed(0)
     ours = Attention(16, 4, context_dim=12)
-    theirs = nn.MultiheadAttention(16, 4, kdim=12, vdim=12, batch_first=True)
-    with torch.no_grad():
-        theirs.q_proj_weight.copy_(ours.q_proj.weight)
-        theirs.k_proj_weight.copy_(ours.k_proj.weight)
-        theirs.v_proj_weight.copy_(ours.v_proj.weight)
-        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
-        theirs.out_proj.weight.copy_(ours.out_proj.weight)
-        theirs.out_proj.bias.copy_(ours.out_proj.bias)
+    theirs = multihead_attention_like(ours, context_dim=12)
     x, context = torch.randn(2, 5, 16), torch.randn(2, 7, 12)
     padding = torch.zeros(2, 7, dtype=torch.bool)
     padding[1, 4:] = True  # the second context has 4 real keys (both use True = padding)
