@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="pairs per optimizer step, over all processes")
     p.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--image-lr-scale", type=float, default=1.0, help="the image encoder's lr / --lr")
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="final lr / peak lr (cosine decay)")
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up, as a fraction of all steps")
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -160,11 +161,12 @@ def main(argv=None):
 
     train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size])
     model = CoCa(config).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; not biases, norms, scale
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98),
-                                  fused=on_gpu)  # fmt: skip
+    groups = []  # weight decay on matrices only (not biases, norms, the scale); own lr for the ViT
+    for part, scale in [(model.image_encoder, args.image_lr_scale), (model, 1.0)]:
+        params = [p for p in part.parameters() if part is not model or not any(p is q for q in model.image_encoder.parameters())]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=on_gpu)
     ckpt_path = args.out / "ckpt.pt"
     step, total_steps, history, evaluations = 0, args.steps, [], []
     if args.resume:
@@ -263,7 +265,7 @@ def main(argv=None):
                      f"with it. The last good checkpoint is {ckpt_path} (step {last_saved}).")  # fmt: skip
         lr = lr_at(step, args, total_steps or 1000)  # before the time budget is measured: 1000
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
