@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from coca_min import PRESETS, CoCa, CoCaConfig
 from coca_min import distributed as D
-from coca_min.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from coca_min.checkpoint import read_checkpoint, save_checkpoint
 from coca_min.data import CaptionManifest, CocoCaptions, TinyShapes, collate
 from coca_min.losses import coca_loss
 from coca_min.evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
@@ -126,7 +126,7 @@ def evaluate_during_training(model, tokenizer, val, args, config):
     outputs = model(images.to(device), tokens.to(device))
     losses = coca_loss(outputs, tokens.to(device), config.pad_id, args.caption_weight, args.contrastive_weight)
     out = {"val_loss": losses["loss"].item()}
-    out.update({k: v for k, v in evaluate_retrieval(model, val, ks=(1,)).items()})
+    out.update(evaluate_retrieval(model, val, ks=(1,)))
     if args.data == "tiny":
         classes = TinyShapes("classes", tokenizer, config.context_length, limit=min(args.eval_images or 400, 1000))
         out["zero_shot_top1"] = evaluate_tiny_zero_shot(model, tokenizer, classes)[0]["top1"]
@@ -162,8 +162,8 @@ def main(argv=None):
     train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size])
     model = CoCa(config).to(device)
     groups = []  # weight decay on matrices only (not biases, norms, the scale); own lr for the ViT
-    for part, scale in [(model.image_encoder, args.image_lr_scale), (model, 1.0)]:
-        params = [p for p in part.parameters() if part is not model or not any(p is q for q in model.image_encoder.parameters())]
+    for name_is_image, scale in [(True, args.image_lr_scale), (False, 1.0)]:
+        params = [p for n, p in model.named_parameters() if n.startswith("image_encoder.") == name_is_image]
         groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=on_gpu)

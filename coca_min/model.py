@@ -68,6 +68,9 @@ class CoCa(nn.Module):
         """(B, 3, H, W) normalised pixels -> image embedding (B, E) unit norm, caption tokens
         (B, n_caption_queries, D) for the multimodal decoder."""
         self._check_images(images)
+        return self._encode_image(images)
+
+    def _encode_image(self, images):  # encode_image without the input check
         vit_tokens = self.image_encoder(images)  # (B, N, Dv)
         caption_tokens = self.caption_pooler(vit_tokens)  # (B, n_queries, D)
         source = caption_tokens if self.config.pooler_mode == "cascade" else vit_tokens
@@ -95,8 +98,8 @@ class CoCa(nn.Module):
             )
         if tokens.shape[1] < 2:
             raise ValueError(f"expected texts of at least 2 tokens ([BOS] and one target); got {tokens.shape[1]}")
-        image_embedding, caption_tokens = self.encode_image(images)
-        text_embedding, token_features = self.encode_text(tokens)
+        image_embedding, caption_tokens = self._encode_image(images)  # inputs checked above, once
+        text_embedding, token_features = self.text_decoder.unimodal(tokens)
         # teacher forcing: the decoder reads tokens[:, :-1]; the unimodal half is causal, so its
         # features for those positions are the ones just computed for the whole text
         logits = self.text_decoder.multimodal(token_features[:, :-1], tokens[:, :-1], caption_tokens)

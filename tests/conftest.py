@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from coca_min import CoCaConfig
+from coca_min import PRESETS, CoCa, CoCaConfig
 
 
 def make_tokens(lengths, total_length, vocab_size, generator=None, pad_id=0, bos_id=1, eos_id=2):
@@ -24,3 +24,10 @@ def micro_config():
         n_caption_queries=3, pooler_heads=2, vocab_size=16, context_length=6,
         text_width=8, text_heads=2, n_uni=1, n_multi=1, text_mlp=16, embed_dim=8,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A randomly initialised tiny-preset model (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    return CoCa(PRESETS["tiny"]).eval()

@@ -1,7 +1,6 @@
 """Data sets and batching: the tiny set, manifests, COCO JSON, bad files, preprocessing."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest

@@ -5,16 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coca_min import PRESETS, CoCa, shapes
+from coca_min import shapes
 from coca_min.data import TinyShapes
 from coca_min.evaluate import (TINY_CLASSES, class_embeddings, evaluate_captions, evaluate_retrieval,
                                evaluate_tiny_zero_shot, likelihood_scores, object_scores, plot_confusion)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return CoCa(PRESETS["tiny"]).eval()
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,11 @@ import math
 import pytest
 import torch
 
-from coca_min import PRESETS, CoCa, CoCaConfig
+from coca_min import CoCa, CoCaConfig
 from coca_min.data import TinyShapes, collate
 from coca_min.generate import Stepper, beam_search, caption, generate
 from coca_min.losses import coca_loss
 from coca_min.tokenizer import BOS, EOS, PAD
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return CoCa(PRESETS["tiny"]).eval()
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,6 @@ from coca_min.losses import coca_loss
 from conftest import make_tokens
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return CoCa(PRESETS["tiny"]).eval()
-
-
 def random_batch(config, lengths, total_length, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(len(lengths), 3, config.image_size, config.image_size, generator=g)
