@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from coca_min import PRESETS, CoCa, CoCaConfig
+from coca_min import PRESETS, CoCa, CoCaConfig, shapes
 from coca_min import distributed as D
 from coca_min.checkpoint import read_checkpoint, save_checkpoint
 from coca_min.data import CaptionManifest, CocoCaptions, TinyShapes, collate
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--caption-weight", type=float, default=2.0, help="λ_cap")
     p.add_argument("--contrastive-weight", type=float, default=1.0, help="λ_con")
     p.add_argument("--steps", type=int, help="optimizer steps (default: as many as --minutes allows)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget when --steps is not given")
+    p.add_argument("--minutes", type=float, default=3.5, help="training time budget when --steps is not given (evaluation comes on top)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate and save every N steps (0: 4 times a run)")
     p.add_argument("--eval-images", type=int, help="evaluate on at most N images per split (quick checks)")
     p.add_argument("--out", help="output folder (default: out/SIZE)")
@@ -85,8 +85,8 @@ def lr_at(step, args, total_steps):
 def build_data(args, config):
     """(train set, tokenizer, validation set or None, config with the tokenizer's vocab size)."""
     if args.data == "tiny":
-        if config.image_size != 64:
-            sys.exit(f"error: tiny_data images are 64 px, but --size {args.size} expects {config.image_size} px")
+        if config.image_size != shapes.IMAGE_SIZE:
+            sys.exit(f"error: tiny_data images are {shapes.IMAGE_SIZE} px, but --size {args.size} expects {config.image_size} px")
         train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
         val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 500)
         return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)

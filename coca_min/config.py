@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 @dataclass
 class CoCaConfig:
     # --- image encoder (ViT, paper §3.2 "image encoder") ---
-    image_size: int = 64  # pixels, square images
+    image_size: int = 48  # pixels, square images (tiny_data: a 3x3 grid of 16 px cells)
     patch_size: int = 8  # pixels; (image_size / patch_size)² image tokens
     vision_width: int = 64  # narrow: on a CPU it learns shapes faster per second than 128
     vision_layers: int = 4
@@ -96,7 +96,7 @@ def _paper_size(width, heads, vision_layers, vision_mlp, n_uni, text_mlp, tie_em
 # Parameter counts, measured: image encoder + text decoder (as Table 1 counts them), then the
 # poolers (both attentional poolers, the image projection and the temperature) and the total.
 PRESETS: dict[str, CoCaConfig] = {
-    # tiny: encoder 0.22M + decoder 1.04M = 1.26M; poolers 0.14M; total 1.39M parameters
+    # tiny: encoder 0.21M + decoder 1.04M = 1.26M; poolers 0.14M; total 1.39M parameters
     "tiny": CoCaConfig(),
     # small: encoder 21.7M + decoder 49.6M = 71.3M; poolers 1.4M; total 72.6M parameters
     "small": CoCaConfig(

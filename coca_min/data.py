@@ -79,11 +79,15 @@ class CaptionDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    caption_weights = None  # None: every caption of an image equally often; else one int per caption
+
     def caption_index(self, index: int) -> int:
         if not self.train:
             return 0
         rng = np.random.default_rng([self.seed, self.epoch, index])  # same draw in any worker
-        return int(rng.integers(len(self.captions[index])))
+        n = len(self.captions[index])
+        choices = range(n) if self.caption_weights is None else [i for i in range(n) for _ in range(self.caption_weights[i])]
+        return choices[int(rng.integers(len(choices)))]
 
     def tokens(self, index: int) -> torch.Tensor:
         text = self.captions[index][self.caption_index(index)]
@@ -91,7 +95,15 @@ class CaptionDataset(torch.utils.data.Dataset):
 
 
 class TinyShapes(CaptionDataset):
-    """A split of tiny_data/ ("train", "val", "test", "test_comp", "classes"), held in memory."""
+    """A split of tiny_data/ ("train", "val", "test", "test_comp", "classes"), held in memory.
+
+    Training draws the canonical caption half of the time, the existential and relational ones a
+    quarter each. With three equally likely templates a greedy captioner picks one by a near coin
+    flip at the second word ("a large …" or "a red …"), and only the canonical one says each
+    object's size and place; this way it is the captioner's default description, and the other
+    two still teach both losses that one scene has several descriptions."""
+
+    caption_weights = (2, 1, 1)  # canonical, existential, relational
 
     def __init__(self, split, tokenizer=None, context_length=32, train=None, root=TINY_DATA, seed=0, limit=None):
         path = Path(root) / f"{split}.npz"
@@ -101,15 +113,15 @@ class TinyShapes(CaptionDataset):
             raise FileNotFoundError(f"{path} not found; regenerate with `python -m coca_min.shapes --out {root}`")
         tokenizer = tokenizer or Tokenizer.load(Path(root) / "tokenizer.json")
         with np.load(path) as data:  # `limit`: only the first images, for quick checks
-            self.pixels = torch.from_numpy(data["pixels"][:limit])  # (N, 64, 64) palette indices
+            self.pixels = torch.from_numpy(data["pixels"][:limit])  # (N, 48, 48) palette indices
             self.objects = data["objects"][:limit]  # (N, 3, 5) ground truth, see shapes.py
             captions = data["captions"][:limit].tolist()  # (N, 3) str
         super().__init__(captions, tokenizer, context_length, split == "train" if train is None else train, seed)
         self.palette = torch.from_numpy(shapes.PALETTE)  # (9, 3) uint8
 
     def images(self, indices) -> torch.Tensor:
-        """Normalised images (len(indices), 3, 64, 64), decoded in one vectorised lookup."""
-        rgb = self.palette[self.pixels[indices].long()]  # (N, 64, 64, 3) uint8
+        """Normalised images (len(indices), 3, 48, 48), decoded in one vectorised lookup."""
+        rgb = self.palette[self.pixels[indices].long()]  # (N, 48, 48, 3) uint8
         return ((rgb.permute(0, 3, 1, 2).float() / 255) - MEAN) / STD
 
     def __getitem__(self, index):

@@ -111,12 +111,24 @@ def evaluate_tiny_zero_shot(model, tokenizer, dataset, scorer="contrastive"):
     return out, scores, labels
 
 
+def caption_owners(captions):
+    """captions: a list (one per image) of lists of str -> (all texts in order, belongs (N, M)
+    bool, True where text m is a caption of image n). A text counts for every image that has
+    exactly that text: on tiny_data two scenes can be identical ("a small red square at the
+    top"), and no model can tell which of the two a shared text was written for."""
+    texts = [t for caps in captions for t in caps]
+    text_id = {t: i for i, t in enumerate(dict.fromkeys(texts))}  # one id per distinct text
+    has_text = torch.zeros(len(captions), len(text_id), dtype=torch.bool)  # (N, distinct texts)
+    for n, caps in enumerate(captions):
+        has_text[n, [text_id[t] for t in caps]] = True
+    return texts, has_text[:, [text_id[t] for t in texts]]
+
+
 def evaluate_retrieval(model, dataset, ks=(1, 5, 10)):
     """Recall@K both ways, with every caption of every image of a data set."""
-    texts = [t for caps in dataset.captions for t in caps]
-    owner = torch.tensor([i for i, caps in enumerate(dataset.captions) for _ in caps])
+    texts, belongs = caption_owners(dataset.captions)
     images = embed_images(model, dataset)
-    return retrieval_recalls(images, embed_texts(model, dataset.tokenizer, texts).to(images.device), owner.to(images.device), ks)
+    return retrieval_recalls(images, embed_texts(model, dataset.tokenizer, texts).to(images.device), belongs, ks)
 
 
 def evaluate_captions(model, dataset, batch_size=128, **decoding):

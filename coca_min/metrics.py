@@ -1,7 +1,8 @@
 """Evaluation metrics, written from scratch: ranking metrics and caption metrics (SPEC §5).
 
-- `recall_at_k` / `retrieval_recalls`: image->text and text->image Recall@K, where an image
-  with several captions counts as found if any of its captions is in the top K.
+- `retrieval_recalls`: image->text and text->image Recall@K, where an image with several
+  captions counts as found if any of its captions is in the top K, and a caption that
+  describes several images (the same text) is right for each of them.
 - `top_k_accuracy`: zero-shot classification accuracy.
   Ties count against the model everywhere: the right answer is "in the top K" only if fewer
   than K wrong answers score at least as high. (A model that gives every image the same
@@ -38,15 +39,16 @@ def top_k_accuracy(scores, labels, ks=(1, 5)) -> dict:
     return {f"top{k}": (rank < k).float().mean().item() for k in ks}
 
 
-def retrieval_recalls(image_embeddings, text_embeddings, text_image, ks=(1, 5, 10)) -> dict:
-    """image (N, E) and text (M, E) embeddings; text_image (M,) the image index of each text.
+def retrieval_recalls(image_embeddings, text_embeddings, belongs, ks=(1, 5, 10)) -> dict:
+    """image (N, E) and text (M, E) embeddings; belongs (N, M) bool, True where text m is a
+    caption of image n (a text may describe several images, an image have several texts).
 
     Returns {"image_to_text_R@1": …, "text_to_image_R@1": …, …} for each K in `ks`.
     """
     similarity = image_embeddings @ text_embeddings.T  # (N, M)
-    belongs = text_image[None, :] == torch.arange(len(image_embeddings), device=similarity.device)[:, None]
+    belongs = belongs.to(similarity.device)
     image_rank = wrong_at_least_as_high(similarity, belongs)  # (N,): best caption of each image
-    text_rank = wrong_at_least_as_high(similarity.T, belongs.T)  # (M,): its one image
+    text_rank = wrong_at_least_as_high(similarity.T, belongs.T)  # (M,): best image of each text
     out = {}
     for k in ks:
         out[f"image_to_text_R@{k}"] = (image_rank < k).float().mean().item()

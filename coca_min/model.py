@@ -35,12 +35,15 @@ class CoCa(nn.Module):
         self.image_encoder = VisionTransformer(
             c.image_size, c.patch_size, c.vision_width, c.vision_layers, c.vision_heads, c.vision_mlp
         )
+        # caption queries start out looking at different places (a start of identical queries,
+        # all averaging the whole image, hides where things are and is slow to break); the one
+        # contrastive query starts as a plain average (see AttentionalPooler)
         self.caption_pooler = AttentionalPooler(
-            c.text_width, c.n_caption_queries, c.pooler_heads, context_dim=c.vision_width
+            c.text_width, c.n_caption_queries, c.pooler_heads, context_dim=c.vision_width, query_std=3.0
         )
         contrastive_source = c.text_width if c.pooler_mode == "cascade" else c.vision_width
         self.contrastive_pooler = AttentionalPooler(
-            c.text_width, 1, c.pooler_heads, context_dim=contrastive_source
+            c.text_width, 1, c.pooler_heads, context_dim=contrastive_source, query_std=0.02
         )
         self.image_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
         self.text_decoder = TextDecoder(c)

@@ -20,8 +20,14 @@ from .layers import Attention
 
 
 class AttentionalPooler(nn.Module):
-    def __init__(self, dim: int, n_queries: int, n_heads: int, context_dim: int):
+    """`query_std` sets where attention starts. The query projection keeps the scale and the keys
+    are layer-normed, so the initial attention logits have about that standard deviation: near
+    0, every query averages all tokens alike; around 3, each query looks mostly at its own few
+    random tokens, so the poolers' outputs differ from the first step on."""
+
+    def __init__(self, dim: int, n_queries: int, n_heads: int, context_dim: int, query_std: float = 0.02):
         super().__init__()
+        self.query_std = query_std
         self.queries = nn.Parameter(torch.empty(n_queries, dim))  # (n_queries, dim), learned
         self.ln_context = nn.LayerNorm(context_dim)
         self.attn = Attention(dim, n_heads, context_dim)
@@ -29,7 +35,7 @@ class AttentionalPooler(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):  # this module's own parameters; submodules have theirs
-        nn.init.normal_(self.queries, std=0.02)
+        nn.init.normal_(self.queries, std=self.query_std)
 
     def forward(self, context):  # (B, N, context_dim) -> (B, n_queries, dim)
         queries = self.queries.expand(context.shape[0], -1, -1)  # (B, n_queries, dim)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import coca_min.config
-from coca_min import PRESETS, CoCa, CoCaConfig, count_parameters
+from coca_min import PRESETS, CoCa, CoCaConfig, count_parameters, shapes
 
 
 def counts(name):
@@ -46,7 +46,7 @@ def test_only_coca_ties_embedding_and_lm_head():
 def test_tiny_preset_fits_the_laptop_budget():
     n = counts("tiny")
     assert 1e6 <= n["total"] <= 5e6
-    assert PRESETS["tiny"].image_size == 64
+    assert PRESETS["tiny"].image_size == shapes.IMAGE_SIZE  # it trains on tiny_data as it is
 
 
 def test_parameter_comments_in_config_are_measured_values():

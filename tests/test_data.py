@@ -21,10 +21,10 @@ def tokenizer():
 def test_tiny_split_items_and_images():
     val = TinyShapes("val")
     image, tokens = val[0]
-    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert image.shape == (3, 48, 48) and image.dtype == torch.float32
     assert tokens[0] == BOS and tokens[-1] == EOS and (tokens != PAD).all()
     assert val.tokenizer.decode(tokens) == val.captions[0][0]  # evaluation: the canonical caption
-    rgb = torch.from_numpy(shapes.PALETTE[val.pixels[5].numpy()]).permute(2, 0, 1)  # (3, 64, 64)
+    rgb = torch.from_numpy(shapes.PALETTE[val.pixels[5].numpy()]).permute(2, 0, 1)  # (3, 48, 48)
     torch.testing.assert_close(val[5][0], (rgb.float() / 255 - MEAN) / STD)
     assert all(len(c) == 3 for c in val.captions)  # all captions of every image, for evaluation
 
@@ -36,6 +36,15 @@ def test_training_draws_one_caption_per_image_per_epoch():
     train.set_epoch(1)
     second = [train.caption_index(i) for i in range(300)]
     assert first != second and set(first) == {0, 1, 2}
+
+
+def test_tiny_training_draws_the_canonical_caption_half_of_the_time():
+    train = TinyShapes("train")
+    counts = np.bincount([train.caption_index(i) for i in range(6000)], minlength=3) / 6000
+    # binomial standard deviation at n = 6000 is under 0.007: 0.03 is over 4 of them
+    assert abs(counts[0] - 0.5) < 0.03 and abs(counts[1] - 0.25) < 0.03 and abs(counts[2] - 0.25) < 0.03
+    val = TinyShapes("val")
+    assert {val.caption_index(i) for i in range(50)} == {0}  # evaluation: the first (canonical)
 
 
 def test_collate_pads_with_the_pad_id():

@@ -10,7 +10,7 @@ from conftest import make_tokens
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return CoCa(PRESETS["tiny"])  # 64 x 64 px, vocab 366, context 32
+    return CoCa(PRESETS["tiny"])  # 48 x 48 px, vocab 366, context 32
 
 
 def good_tokens(batch=2, length=8):
@@ -20,11 +20,11 @@ def good_tokens(batch=2, length=8):
 @pytest.mark.parametrize(
     "images, words",
     [
-        (torch.randn(3, 64, 64), r"4-D tensor \(batch, 3, 64, 64\)"),
-        (torch.randn(2, 1, 64, 64), r"3 colour channels"),
-        (torch.randn(2, 3, 32, 32), r"64x64 pixels.*got 32x32"),
-        (torch.randn(2, 3, 64, 48), r"64x64 pixels.*got 64x48"),
-        (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), r"floating-point"),
+        (torch.randn(3, 48, 48), r"4-D tensor \(batch, 3, 48, 48\)"),
+        (torch.randn(2, 1, 48, 48), r"3 colour channels"),
+        (torch.randn(2, 3, 32, 32), r"48x48 pixels.*got 32x32"),
+        (torch.randn(2, 3, 48, 64), r"48x48 pixels.*got 48x64"),
+        (torch.zeros(2, 3, 48, 48, dtype=torch.uint8), r"floating-point"),
     ],
 )
 def test_bad_images_are_refused(model, images, words):
@@ -48,7 +48,7 @@ def test_bad_tokens_are_refused(model, tokens, words):
     with pytest.raises(ValueError, match=words):
         model.encode_text(tokens)
     with pytest.raises(ValueError, match=words):
-        model(torch.randn(len(tokens), 3, 64, 64), tokens)
+        model(torch.randn(len(tokens), 3, 48, 48), tokens)
 
 
 def test_images_that_are_not_a_tensor_are_refused(model):
@@ -58,9 +58,9 @@ def test_images_that_are_not_a_tensor_are_refused(model):
 
 def test_image_and_text_batches_must_match(model):
     with pytest.raises(ValueError, match=r"as many texts as images.*3 images and 2 texts"):
-        model(torch.randn(3, 3, 64, 64), good_tokens(2))
+        model(torch.randn(3, 3, 48, 48), good_tokens(2))
 
 
 def test_text_needs_a_target(model):
     with pytest.raises(ValueError, match=r"at least 2 tokens"):
-        model(torch.randn(1, 3, 64, 64), torch.ones(1, 1, dtype=torch.long))
+        model(torch.randn(1, 3, 48, 48), torch.ones(1, 1, dtype=torch.long))

@@ -16,13 +16,33 @@ def test_retrieval_with_several_captions_per_image_and_ties():
         [0.3, 0.3, 0.3, 0.3, 0.2],  # image 2 owns texts 3, 4: tied with three wrong ones -> miss at 1
     ])  # fmt: skip
     owner = torch.tensor([0, 0, 1, 2, 2])
-    r = retrieval_recalls(similarity, torch.eye(5), owner, ks=(1, 5))
+    belongs = owner[None, :] == torch.arange(3)[:, None]  # (3 images, 5 texts)
+    r = retrieval_recalls(similarity, torch.eye(5), belongs, ks=(1, 5))
     assert r["image_to_text_R@1"] == pytest.approx(1 / 3)
     assert r["image_to_text_R@5"] == 1.0
     # columns: text 0 -> image 0 first (hit); text 1: 0.1 below 0.5, 0.3 (miss); text 2: 0.4 below
     # 0.8 (miss); text 3: 0.3 below 0.6 (miss); text 4: 0.2 above 0, 0 (hit)
     assert r["text_to_image_R@1"] == pytest.approx(2 / 5)
     assert r["text_to_image_R@5"] == 1.0
+
+
+def test_retrieval_a_shared_caption_is_right_for_every_image_it_describes():
+    # images 0 and 1 are the same scene: text 0 is a caption of both, text 1 of image 2 only
+    similarity = torch.tensor([[0.9, 0.1], [0.8, 0.65], [0.7, 0.6]])
+    belongs = torch.tensor([[True, False], [True, False], [False, True]])
+    r = retrieval_recalls(similarity, torch.eye(2), belongs, ks=(1,))
+    assert r["image_to_text_R@1"] == pytest.approx(2 / 3)  # image 2 ranks text 0 first: a miss
+    assert r["text_to_image_R@1"] == 0.5  # text 0 finds image 0 (right); text 1 finds image 1 (wrong)
+
+
+def test_caption_owners_matches_identical_texts_across_images():
+    from coca_min.evaluate import caption_owners
+
+    captions = [["a red circle", "there is a red circle"], ["a red circle", "there is a red circle"], ["a blue square"]]
+    texts, belongs = caption_owners(captions)
+    assert texts == ["a red circle", "there is a red circle", "a red circle", "there is a red circle", "a blue square"]
+    expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(belongs, expected)
 
 
 def test_top_k_accuracy_counts_ties_against_the_model():

@@ -132,7 +132,7 @@ def test_parallel_contrastive_pooler_reads_the_vit_tokens():
     model = CoCa(CoCaConfig(pooler_mode="parallel")).eval()
     images, _ = random_batch(model.config, [4, 4], 4)
     context, vit_tokens, caption_tokens = contrastive_pooler_input(model, images)
-    assert context.shape == vit_tokens.shape  # (B, 64 patches, Dv)
+    assert context.shape == vit_tokens.shape  # (B, 36 patches, Dv)
     torch.testing.assert_close(context, vit_tokens, atol=0, rtol=0)
 
 

@@ -27,7 +27,7 @@ def test_regenerating_sample_indices_reproduces_committed_arrays(committed, spli
 def test_split_sizes(committed):
     assert {s: len(d["pixels"]) for s, d in committed.items()} == {s: n for s, (n, _) in shapes.SPLITS.items()}
     assert len(committed["train"]["pixels"]) >= 20000
-    assert committed["train"]["pixels"].shape[1:] == (64, 64)
+    assert committed["train"]["pixels"].shape[1:] == (shapes.IMAGE_SIZE, shapes.IMAGE_SIZE) == (48, 48)
 
 
 def pairs_of(objects):
@@ -91,3 +91,32 @@ def test_shape_masks_worked_example():
     assert diamond.tolist() == [[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]]
     triangle = shapes.shape_mask("triangle", 2, dy, dx).astype(int)
     assert triangle.tolist() == [[0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+
+
+def test_every_object_stays_inside_its_own_cell_at_any_jitter():
+    # never clipped by the border, never touching a neighbour: inside the cell, whose first row
+    # and column stay empty
+    for shape in range(len(shapes.SHAPES)):
+        for size in range(len(shapes.SIZES)):
+            for row, col in [(0, 0), (2, 2)]:
+                for jy in range(-shapes.JITTER, shapes.JITTER + 1):
+                    for jx in range(-shapes.JITTER, shapes.JITTER + 1):
+                        objects = np.full((3, 5), shapes.NO_OBJECT, dtype=np.int8)
+                        objects[0] = [shape, 0, size, row, col]
+                        jitter = np.array([[jy, jx], [0, 0], [0, 0]], dtype=np.int8)
+                        ys, xs = np.nonzero(shapes.render(objects, jitter))
+                        r = shapes.RADIUS[shapes.SIZES[size]]
+                        cy, cx = shapes.CELL_CENTRES[row] + jy, shapes.CELL_CENTRES[col] + jx
+                        full = shapes.shape_mask(shapes.SHAPES[shape], r, *np.mgrid[-r : r + 1, -r : r + 1]).sum()
+                        assert len(ys) == full  # nothing clipped
+                        top, left = row * shapes.CELL, col * shapes.CELL
+                        assert top + 1 <= ys.min() and ys.max() <= top + shapes.CELL - 1
+                        assert left + 1 <= xs.min() and xs.max() <= left + shapes.CELL - 1
+
+
+def test_grid_cells_are_blocks_of_the_tiny_models_patches():
+    from coca_min import PRESETS
+
+    patch = PRESETS["tiny"].patch_size
+    assert 3 * shapes.CELL == shapes.IMAGE_SIZE and shapes.CELL % patch == 0
+    assert all(c % patch == 0 and c == (i + 0.5) * shapes.CELL for i, c in enumerate(shapes.CELL_CENTRES))
