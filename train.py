@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--caption-weight", type=float, default=2.0, help="λ_cap")
     p.add_argument("--contrastive-weight", type=float, default=1.0, help="λ_con")
     p.add_argument("--steps", type=int, help="optimizer steps (default: as many as --minutes allows)")
-    p.add_argument("--minutes", type=float, default=3.5, help="training time budget when --steps is not given (evaluation comes on top)")
+    p.add_argument("--minutes", type=float, default=3.75, help="training time budget when --steps is not given (evaluation comes on top)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate and save every N steps (0: 4 times a run)")
     p.add_argument("--eval-images", type=int, help="evaluate on at most N images per split (quick checks)")
     p.add_argument("--out", help="output folder (default: out/SIZE)")
@@ -235,7 +235,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     last_saved = save("start") if not args.resume else step
     start_time = time.time()
-    timing_steps = 6  # with --minutes, the schedule's length is fixed after timing steps 2-6
+    timing_steps = 21  # with --minutes, the schedule's length is fixed after timing steps 2-21 (fewer: noisy)
     bar = tqdm(total=total_steps or None, initial=step, disable=not main_process, dynamic_ncols=True,
                desc=f"training CoCa-{args.size}")  # fmt: skip
     trained.train()
