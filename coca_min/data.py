@@ -85,9 +85,9 @@ class CaptionDataset(torch.utils.data.Dataset):
         if not self.train:
             return 0
         rng = np.random.default_rng([self.seed, self.epoch, index])  # same draw in any worker
-        n = len(self.captions[index])
-        choices = range(n) if self.caption_weights is None else [i for i in range(n) for _ in range(self.caption_weights[i])]
-        return choices[int(rng.integers(len(choices)))]
+        weights = self.caption_weights or [1] * len(self.captions[index])  # (n captions,)
+        draw = int(rng.integers(sum(weights)))  # bounded integers only: stable across numpy versions
+        return int(np.searchsorted(np.cumsum(weights), draw, side="right"))  # caption whose share holds it
 
     def tokens(self, index: int) -> torch.Tensor:
         text = self.captions[index][self.caption_index(index)]

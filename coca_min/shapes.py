@@ -10,11 +10,12 @@ into 16 px cells, so each cell is exactly a 2x2 block of the tiny ViT's 8 px pat
 object sits on the corner where its four patches meet: every patch then shows one quarter of
 one object (an arc, a corner, a slope...), and the ViT learns shapes in a few dozen steps. On a
 64 px image with cells that straddle patches at shifting offsets, the same ViT needed ~5x as
-many steps, and CoCa never learned shape or place within a 5-minute budget. Each object has a shape
-(circle, square, triangle, diamond, cross), a colour (8), a size (small, large). Three caption
-templates describe it: canonical ("a small red circle at the top left and a large blue square in
-the center"), existential ("there is a red circle and a blue square") and relational ("a red
-circle is left of a blue square"). Eight colour-shape pairs (HELD_OUT) never occur in `train`,
+many steps, and CoCa never learned shape or place within a 5-minute budget.
+
+Each object has a shape (circle, square, triangle, diamond, cross), a colour (8), a size (small,
+large). Three caption templates describe it: canonical ("a small red circle at the top left and
+a large blue square in the center"), existential ("there is a red circle and a blue square") and
+relational ("a red circle is left of a blue square"). Eight colour-shape pairs (HELD_OUT) never occur in `train`,
 `val` or `test`; every `test_comp` image has at least one: the compositional test.
 
     python -m coca_min.shapes --out tiny_data      # regenerates tiny_data/ exactly
@@ -27,7 +28,8 @@ import re
 
 import numpy as np
 
-IMAGE_SIZE = 48
+CELL = 16  # pixels per grid cell: 2x2 patches of 8 px
+IMAGE_SIZE = 3 * CELL  # 48 px: a 3x3 grid of cells
 SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
 COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white"]
 SIZES = ["small", "large"]
@@ -40,8 +42,7 @@ HELD_OUT = [("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yell
             ("magenta", "cross"), ("cyan", "circle"), ("orange", "square"), ("white", "triangle")]  # fmt: skip
 PAIRS = [(c, s) for c in COLOURS for s in SHAPES]  # all 40 colour-shape pairs
 SEEN = [p for p in PAIRS if p not in HELD_OUT]  # the 32 pairs of train / val / test
-CELL = 16  # pixels per grid cell: 2x2 patches of 8 px
-CELL_CENTRES = [8, 24, 40]  # pixel centre of grid rows and columns (patch corners)
+CELL_CENTRES = [CELL * i + CELL // 2 for i in range(3)]  # 8, 24, 40: rows and columns (patch corners)
 RADIUS = {"small": 4, "large": 6}  # half-extent in pixels: a large shape spans 13 px, a small 9
 JITTER = 1  # pixel, each way: a shape stays inside its cell, off its first row and column
 #             (never clipped by the border, never touching a neighbour)
