@@ -15,8 +15,9 @@ many steps, and CoCa never learned shape or place within a 5-minute budget.
 Each object has a shape (circle, square, triangle, diamond, cross), a colour (8), a size (small,
 large). Three caption templates describe it: canonical ("a small red circle at the top left and
 a large blue square in the center"), existential ("there is a red circle and a blue square") and
-relational ("a red circle is left of a blue square"). Eight colour-shape pairs (HELD_OUT) never occur in `train`,
-`val` or `test`; every `test_comp` image has at least one: the compositional test.
+relational ("a red circle is left of a blue square"). Eight colour-shape pairs (HELD_OUT) never
+occur in `train`, `val` or `test`; every `test_comp` image has at least one: the compositional
+test.
 
     python -m coca_min.shapes --out tiny_data      # regenerates tiny_data/ exactly
 
