@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--val-data", help="manifest or COCO json to evaluate on (real data)")
     p.add_argument("--tokenizer", help="tokenizer .json (real data; default: train one on the captions)")
     p.add_argument("--vocab-size", type=int, default=32000, help="size of a tokenizer trained here")
-    p.add_argument("--batch-size", type=int, default=128, help="pairs per optimizer step, over all processes")
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per optimizer step, over all processes")
     p.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     p.add_argument("--image-lr-scale", type=float, default=1.0, help="the image encoder's lr / --lr")
