@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--caption-weight", type=float, default=2.0, help="λ_cap")
     p.add_argument("--contrastive-weight", type=float, default=1.0, help="λ_con")
     p.add_argument("--steps", type=int, help="optimizer steps (default: as many as --minutes allows)")
-    p.add_argument("--minutes", type=float, default=3.75, help="training time budget when --steps is not given (evaluation comes on top)")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time budget when --steps is not given (evaluation comes on top)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate and save every N steps (0: 4 times a run)")
     p.add_argument("--eval-images", type=int, help="evaluate on at most N images per split (quick checks)")
     p.add_argument("--out", help="output folder (default: out/SIZE)")
@@ -88,7 +88,7 @@ def build_data(args, config):
         if config.image_size != shapes.IMAGE_SIZE:
             sys.exit(f"error: tiny_data images are {shapes.IMAGE_SIZE} px, but --size {args.size} expects {config.image_size} px")
         train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
-        val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 500)
+        val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 256)
         return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)
     if not args.images:
         sys.exit("error: --data needs --images, the folder its image paths are relative to")
@@ -130,7 +130,7 @@ def evaluate_during_training(model, tokenizer, val, args, config):
     if args.data == "tiny":
         classes = TinyShapes("classes", tokenizer, config.context_length, limit=min(args.eval_images or 400, 1000))
         out["zero_shot_top1"] = evaluate_tiny_zero_shot(model, tokenizer, classes)[0]["top1"]
-        subset = TinyShapes("val", tokenizer, config.context_length, limit=min(len(val), 200))
+        subset = TinyShapes("val", tokenizer, config.context_length, limit=min(len(val), 128))
         out["caption_object_F1"] = evaluate_captions(model, subset)[0]["object_F1"]
     model.train()
     return out

@@ -129,6 +129,9 @@ class TinyShapes(CaptionDataset):
     def __getitem__(self, index):
         return self.images([index])[0], self.tokens(index)
 
+    def __getitems__(self, indices):  # DataLoader's batched fetch: one image lookup per batch
+        return list(zip(self.images(indices), [self.tokens(i) for i in indices]))
+
 
 class ImageFiles(CaptionDataset):
     """Captioned image files on disk; unreadable ones are skipped (or raise, if `strict`)."""

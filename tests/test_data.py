@@ -38,6 +38,20 @@ def test_training_draws_one_caption_per_image_per_epoch():
     assert first != second and set(first) == {0, 1, 2}
 
 
+def test_tiny_batched_fetch_equals_item_by_item():
+    train = TinyShapes("train", train=True)
+    train.set_epoch(3)
+    indices = [7, 0, 29_999, 7]
+    batched = train.__getitems__(indices)  # what DataLoader calls for a batch
+    for (image, tokens), index in zip(batched, indices):
+        torch.testing.assert_close(image, train[index][0], rtol=0, atol=0)
+        assert torch.equal(tokens, train[index][1])
+    loader = torch.utils.data.DataLoader(train, batch_size=4, sampler=indices, collate_fn=collate)
+    images, tokens = next(iter(loader))
+    assert torch.equal(images, torch.stack([train[i][0] for i in indices]))
+    assert torch.equal(tokens, collate([train[i] for i in indices])[1])
+
+
 def test_tiny_training_draws_the_canonical_caption_two_times_in_three():
     train = TinyShapes("train")
     counts = np.bincount([train.caption_index(i) for i in range(6000)], minlength=3) / 6000
