@@ -241,20 +241,25 @@ def main(argv=None):
     trained.train()
     while total_steps is None or step < total_steps:
         t0 = time.time()
-        for micro in range(args.accum):
-            images, tokens = next_batch()
-            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        step_batches = [[t.to(device, non_blocking=True) for t in next_batch()] for _ in range(args.accum)]
+        step_tokens = D.step_token_count([tokens for _, tokens in step_batches], config.pad_id)  # all ranks'
+        logged = {"loss": 0.0, "contrastive": 0.0, "caption": 0.0}  # means over the micro-batches
+        for micro, (images, tokens) in enumerate(step_batches):
             with autocast:
                 outputs = trained(images, tokens)
-            losses = D.global_coca_loss(outputs, tokens, config.pad_id, args.caption_weight, args.contrastive_weight)
+            losses = D.global_coca_loss(outputs, tokens, config.pad_id, args.caption_weight, args.contrastive_weight,
+                                        step_tokens, args.accum)  # fmt: skip
             if args.nan_at_step == step + 1:
                 losses["loss"] = losses["loss"] * float("nan")
-            logged = D.mean_over_ranks({**losses, "stop": torch.tensor(float(stop_requested), device=device)})
-            if not math.isfinite(logged["loss"]):
+            now = D.mean_over_ranks({**losses, "stop": torch.tensor(float(stop_requested), device=device)})
+            if not math.isfinite(now["loss"]):
                 bar.close()
-                sys.exit(f"stopping: the loss is {logged['loss']} at step {step + 1} (contrastive "
-                         f"{logged['contrastive']:.4g}, caption {logged['caption']:.4g}); the model was not "
+                sys.exit(f"stopping: the loss is {now['loss']} at step {step + 1} (contrastive "
+                         f"{now['contrastive']:.4g}, caption {now['caption']:.4g}); the model was not "
                          f"updated with it. The last good checkpoint is {ckpt_path} (step {last_saved}).")  # fmt: skip
+            for key in ("loss", "contrastive", "caption"):
+                logged[key] += now[key] / args.accum
+            logged["stop"] = now["stop"]
             sync = trained.no_sync() if world > 1 and micro < args.accum - 1 else nullcontext()
             with sync:
                 (losses["loss"] / args.accum).backward()

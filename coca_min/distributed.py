@@ -10,11 +10,13 @@ the CoCa loss need more than the local shard:
   rank · B_local. (Gathering without gradient shrinks the gradient by the world size; a
   backward that only slices is wrong; labels from the local batch against the gathered matrix
   point at the wrong columns: the traps of the open versions.)
-- **Captioning.** The mean over the global batch's real tokens needs the all-reduced count.
+- **Captioning.** The mean over the global batch's real tokens needs the all-reduced count (of
+  every micro-batch of the step, under gradient accumulation).
 
 Because DDP *averages* gradients over W ranks, each rank's loss is scaled so that the average
 of the W local losses is the single-process loss of the global batch: the contrastive loss is
-a mean over equal local shards already, and the caption loss is W · (local sum) / (global count).
+a mean over equal local shards already, and the caption loss is W · (local sum) / (global count)
+(W · A · (local sum) / (the step's count) with A micro-batches of gradient accumulation).
 
 Left out: FSDP / model sharding, gradient compression, and the sharded evaluation of huge sets
 (evaluation runs once, on rank 0).
@@ -27,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .losses import caption_loss, coca_loss
+from .losses import caption_loss, coca_loss, contrastive_loss
 
 
 def setup(device="cuda"):
@@ -81,18 +83,34 @@ def global_contrastive_loss(image_embedding, text_embedding, logit_scale):
     return (image_to_text + text_to_image) / 2
 
 
-def global_coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0):
-    """`losses.coca_loss` over the global batch; the plain one when not distributed."""
+def step_token_count(token_batches, pad_id):
+    """Real target tokens in one optimizer step: over its micro-batches (gradient accumulation)
+    and over all ranks. token_batches: this rank's (B, T) tokens of every micro-batch."""
+    n = sum((tokens[:, 1:] != pad_id).sum() for tokens in token_batches)  # tokens[:, 0] is [BOS]
+    if is_distributed():
+        dist.all_reduce(n)
+    return n
+
+
+def global_coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0, step_tokens=None,
+                     micro_batches=1):
+    """`losses.coca_loss` over the global batch; the plain one when not distributed and not
+    accumulating. step_tokens: `step_token_count` of the optimizer step that this is one of
+    `micro_batches` micro-batches of (default: this micro-batch on every rank)."""
     W = world_size()
-    if W == 1:
+    if W == 1 and micro_batches == 1:
         return coca_loss(outputs, tokens, pad_id, caption_weight, contrastive_weight)
     targets = tokens[:, 1:]
     n_local = (targets != pad_id).sum()
-    n_global = n_local.clone()
-    dist.all_reduce(n_global)  # real target tokens in the whole global batch
-    # caption_loss is (local sum) / n_local; rescale it to W · (local sum) / n_global
-    l_cap = caption_loss(outputs["logits"], targets, pad_id) * n_local.clamp(min=1) * W / n_global.clamp(min=1)
-    l_con = global_contrastive_loss(outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"])
+    if step_tokens is None:
+        step_tokens = step_token_count([tokens], pad_id)
+    # caption_loss is (local sum) / n_local. DDP averages W ranks and train.py averages the
+    # micro-batches, so W · micro_batches · (local sum) / (step's count) averages to the mean
+    # over every real token of the optimizer step
+    local_sum = caption_loss(outputs["logits"], targets, pad_id) * n_local.clamp(min=1)  # in the loss's dtype
+    l_cap = local_sum * (W * micro_batches) / step_tokens.clamp(min=1)
+    contrast = global_contrastive_loss if W > 1 else contrastive_loss  # within the micro-batch
+    l_con = contrast(outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"])
     return {"loss": contrastive_weight * l_con + caption_weight * l_cap, "contrastive": l_con, "caption": l_cap}
 
 
@@ -100,7 +118,7 @@ def mean_over_ranks(values: dict) -> dict:
     """Average scalar tensors over ranks (for logging: the global batch's losses)."""
     if world_size() == 1:
         return {k: v.item() for k, v in values.items()}
-    stacked = torch.stack([v.detach().float() for v in values.values()])
+    stacked = torch.stack([v.detach().double() for v in values.values()])
     dist.all_reduce(stacked)
     return dict(zip(values, (stacked / world_size()).tolist()))
 

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from coca_min import CoCa, CoCaConfig
-from coca_min.distributed import global_coca_loss, mean_over_ranks
+from coca_min.distributed import global_coca_loss, mean_over_ranks, step_token_count
 from coca_min.losses import coca_loss
 from conftest import make_tokens
 
@@ -66,3 +66,23 @@ def test_distributed_loss_and_gradients_equal_single_process(world, tmp_path):
         assert logged[key] == pytest.approx(expected[key].item(), abs=1e-6), key
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=0, msg=name)
+
+
+def test_accumulated_caption_loss_is_the_token_mean_of_the_whole_step():
+    model, images, tokens = micro()  # 8 captions of different lengths
+    whole = coca_loss(model(images, tokens), tokens, pad_id=0, caption_weight=1.0, contrastive_weight=0.0)
+    whole["loss"].backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    # two micro-batches holding 12 and 22 real target tokens: a mean of their means would be wrong
+    parts = [(images[:3], tokens[:3]), (images[3:], tokens[3:])]
+    step_tokens = step_token_count([t for _, t in parts], pad_id=0)
+    assert step_tokens == (tokens[:, 1:] != 0).sum()
+    caption = 0.0
+    for part_images, part_tokens in parts:  # as train.py does with --accum 2
+        losses = global_coca_loss(model(part_images, part_tokens), part_tokens, 0, 1.0, 0.0, step_tokens, 2)
+        (losses["loss"] / 2).backward()
+        caption += losses["caption"].item() / 2
+    assert caption == pytest.approx(whole["caption"].item(), abs=1e-12)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-12, rtol=0, msg=name)

@@ -49,6 +49,13 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=0, msg=name)
 
 
+def test_accumulation_logs_the_caption_mean_of_the_whole_step(tmp_path):
+    one = run(tmp_path / "one", "--steps", 1, "--eval-every", 10)
+    two = run(tmp_path / "two", "--steps", 1, "--eval-every", 10, "--accum", 2)  # the same 16 pairs as 2 x 8
+    a, b = one["history"][0]["caption"], two["history"][0]["caption"]
+    assert abs(a - b) <= 1e-5, (a, b)  # the mean over all 16 captions' tokens, not over the last 8's
+
+
 def test_resume_refuses_a_different_model_config(tmp_path, monkeypatch):
     run(tmp_path, "--steps", 2)
     monkeypatch.setitem(PRESETS, "tiny", replace(PRESETS["tiny"], n_multi=3, text_mlp=256))
