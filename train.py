@@ -333,10 +333,10 @@ def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
     report["run"] = {"steps": step, "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.time() - t0, 1),
                      "parameters": sum(p.numel() for p in model.parameters()), "size": args.size}  # fmt: skip
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'':<24}" + "".join(f"{split:>12}" for split in report if split != "run"))
+    print(f"\n{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))
     rows = sorted({k for split, r in report.items() if split != "run" for k, v in r.items() if isinstance(v, float)})
     for key in rows:
-        print(f"{key:<24}" + "".join(f"{r[key]:>12.3f}" if key in r else f"{'':>12}" for s, r in report.items() if s != "run"))
+        print(f"{key:<24}" + "".join(f"{r[key]:>13.3f}" if key in r else f"{'':>13}" for s, r in report.items() if s != "run"))
     for split in ("test", "test_comp"):
         for example in report.get(split, {}).get("examples", [])[:3]:
             print(f"[{split}] {example['generated']!r}  (reference: {example['reference']!r})")

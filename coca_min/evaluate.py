@@ -8,6 +8,7 @@
 - Retrieval: image->text and text->image Recall@1/5/10 with several captions per image.
 - Captioning: BLEU-1..4 and CIDEr-D of generated captions; on the tiny set also object-level
   precision / recall / F1 and exact match, by parsing the captions against the ground truth.
+- Hard negatives (tiny set, `hard_negatives.py`): true caption against near misses.
 
 Everything runs batched under `torch.inference_mode()` on the model's device, with a progress
 bar for long sets. Metrics themselves are in `metrics.py`. Left out: attentive probing and
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from . import shapes
 from .data import TinyShapes
 from .generate import caption
+from .hard_negatives import evaluate_hard_negatives
 from .metrics import bleu, cider_d, retrieval_recalls, top_k_accuracy
 
 # prompt templates for tiny_data's 40 colour-shape classes: "there is a red circle", …
@@ -186,8 +188,9 @@ def plot_confusion(scores, labels, classnames, path, title="zero-shot confusion"
 
 
 def tiny_report(model, tokenizer, limit=None, n_examples=5):
-    """The tiny set's final report: zero-shot on `classes` (seen and held-out pairs), and on
-    `test` and `test_comp` retrieval R@1/5 both ways and greedy-caption scores, with examples.
+    """The tiny set's final report: zero-shot on `classes` (seen and held-out pairs), on
+    `test` and `test_comp` retrieval R@1/5 both ways and greedy-caption scores, with examples,
+    and both heads' hard-negative win rates on `test`.
     Returns (report, (zero-shot scores, labels)) so that a confusion matrix can be drawn."""
     classes = TinyShapes("classes", tokenizer, limit=limit)
     zero_shot, scores, labels = evaluate_tiny_zero_shot(model, tokenizer, classes)
@@ -198,4 +201,7 @@ def tiny_report(model, tokenizer, limit=None, n_examples=5):
         report[split] = {**evaluate_retrieval(model, data, ks=(1, 5)), **captions}
         report[split]["examples"] = [{"generated": g, "reference": refs[0]} for g, refs in
                                      zip(generated[:n_examples], data.captions)]  # fmt: skip
+    # win rates against near-miss captions, both heads (hard_negatives.py), on 500 test images
+    hard = evaluate_hard_negatives(model, TinyShapes("test", tokenizer, limit=min(limit or 500, 500)))
+    report["hard_neg_con"], report["hard_neg_cap"] = hard["contrastive"], hard["captioner"]
     return report, (scores, labels)

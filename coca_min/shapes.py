@@ -139,12 +139,18 @@ def _relation(a, b):
     return "above" if a[3] < b[3] else "below"
 
 
+def canonical_caption(objects) -> str:
+    """"a small red circle at the top left and …": every object in full, in raster order."""
+    objs = sorted((o for o in objects if o[0] != NO_OBJECT), key=lambda o: (o[3], o[4]))
+    return " and ".join(f"{_noun(o, size=True)} {_place(o)}" for o in objs)
+
+
 def captions(objects, index: int, split: str) -> list[str]:
     """[canonical, existential, relational] captions of one scene."""
     objs = [o for o in objects if o[0] != NO_OBJECT]  # already in raster order
     rng = np.random.default_rng([SPLITS[split][1], index, 1])  # word order only
     order = [objs[i] for i in _shuffled(rng, len(objs))]
-    canonical = " and ".join(f"{_noun(o, size=True)} {_place(o)}" for o in objs)
+    canonical = canonical_caption(objs)
     existential = "there is " + " and ".join(_noun(o) for o in order)
     if len(order) == 1:
         relational = f"{_noun(order[0])} is {_place(order[0])}"
