@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--caption-weight", type=float, default=2.0, help="λ_cap")
     p.add_argument("--contrastive-weight", type=float, default=1.0, help="λ_con")
     p.add_argument("--steps", type=int, help="optimizer steps (default: as many as --minutes allows)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget when --steps is not given (evaluation comes on top)")
+    p.add_argument("--minutes", type=float, default=3.75, help="training time budget when --steps is not given (evaluation comes on top)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate and save every N steps (0: 4 times a run)")
     p.add_argument("--eval-images", type=int, help="evaluate on at most N images per split (quick checks)")
     p.add_argument("--out", help="output folder (default: out/SIZE)")
