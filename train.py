@@ -235,7 +235,10 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     last_saved = save("start") if not args.resume else step
     start_time = time.time()
-    timing_steps = 21  # with --minutes, the schedule's length is fixed after timing steps 2-21 (fewer: noisy)
+    # with --minutes the schedule's length is planned after timing steps 2-21 (fewer: noisy), then
+    # re-planned after every step from the mean step time so far: a machine that slows down
+    # mid-run shortens the schedule instead of overrunning the budget
+    planning, timing_steps, eval_seconds = total_steps is None, 21, 0.0
     bar = tqdm(total=total_steps or None, initial=step, disable=not main_process, dynamic_ncols=True,
                desc=f"training CoCa-{args.size}")  # fmt: skip
     trained.train()
@@ -277,9 +280,10 @@ def main(argv=None):
         history.append({"step": step, "lr": lr, **{k: logged[k] for k in ("loss", "contrastive", "caption")}})
         if step == 1:
             first_step_done = time.time()  # the first step is slow (allocation, warm-up): not timed
-        if total_steps is None and step == timing_steps:  # time budget -> number of steps
-            per_step = (time.time() - first_step_done) / (timing_steps - 1)
-            budget = torch.tensor(max(timing_steps + 1, int((args.minutes * 60 - (time.time() - start_time)) / per_step) + step))
+        if planning and step >= timing_steps:  # time budget -> number of steps (evaluation not counted)
+            per_step = (time.time() - first_step_done - eval_seconds) / (step - 1)
+            left = args.minutes * 60 - (time.time() - start_time - eval_seconds)
+            budget = torch.tensor(step + max(0, int(left / per_step)))
             if world > 1:  # every rank must run the same number of steps: rank 0's estimate
                 torch.distributed.broadcast(budget, src=0)
             total_steps = int(budget)
@@ -290,6 +294,7 @@ def main(argv=None):
         bar.update(1)
         eval_every = args.eval_every or max(1, (total_steps or 10**9) // 4)
         if logged["stop"] > 0 or step % eval_every == 0 or step == total_steps:
+            eval_start = time.time()
             if main_process and val_set is not None and step % eval_every == 0:
                 figures = evaluate_during_training(model, tokenizer, val_set, args, config)
                 evaluations.append({"step": step, **figures})
@@ -299,6 +304,7 @@ def main(argv=None):
                 plot_training(history, evaluations, args.out)
             if world > 1:
                 torch.distributed.barrier()
+            eval_seconds += time.time() - eval_start
             if logged["stop"] > 0:
                 bar.close()
                 if main_process:

@@ -56,6 +56,12 @@ def test_accumulation_logs_the_caption_mean_of_the_whole_step(tmp_path):
     assert abs(a - b) <= 1e-5, (a, b)  # the mean over all 16 captions' tokens, not over the last 8's
 
 
+def test_time_budget_runs_the_whole_schedule(tmp_path):
+    saved = run(tmp_path, "--minutes", 0.1, "--lr", 1e-3)  # 6 s of training
+    assert saved["step"] == saved["total_steps"] == len(saved["history"]) > 21  # planned after step 21
+    assert saved["history"][-1]["lr"] <= 0.06 * 1e-3  # the cosine reached its floor (0.05 x peak)
+
+
 def test_resume_refuses_a_different_model_config(tmp_path, monkeypatch):
     run(tmp_path, "--steps", 2)
     monkeypatch.setitem(PRESETS, "tiny", replace(PRESETS["tiny"], n_multi=3, text_mlp=256))
