@@ -21,6 +21,7 @@ from tqdm import tqdm
 from . import shapes
 from .data import TinyShapes
 from .generate import caption
+from .losses import text_log_likelihood
 from .hard_negatives import evaluate_hard_negatives
 from .metrics import bleu, cider_d, retrieval_recalls, top_k_accuracy
 
@@ -90,8 +91,7 @@ def likelihood_scores(model, tokenizer, dataset, classnames, templates, batch_si
         logits = decoder.multimodal(  # every (image, prompt) pair: (b·n, T-1, V)
             features[:, :-1].repeat(b, 1, 1), inputs.repeat(b, 1), caption_tokens.repeat_interleave(n, 0)
         )
-        log_p = logits.float().log_softmax(-1).gather(-1, targets.repeat(b, 1)[..., None])[..., 0]
-        log_p = (log_p * (targets != model.config.pad_id).repeat(b, 1)).sum(-1)  # (b·n,)
+        log_p = text_log_likelihood(logits, targets.repeat(b, 1), model.config.pad_id)  # (b·n,)
         scores.append(log_p.view(b, len(classnames), len(templates)).mean(-1))
     return torch.cat(scores)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import shapes
+from .losses import text_log_likelihood
 
 KINDS = ["wrong_shape", "wrong_colour", "wrong_size", "wrong_place", "swapped_colours", "swapped_shapes"]
 ATTRIBUTE = {"wrong_shape": 0, "wrong_colour": 1, "wrong_size": 2, "swapped_shapes": 0, "swapped_colours": 1}
@@ -56,10 +57,8 @@ def pair_scores(model, image_embedding, caption_tokens, tokens):
     (B,) by the captioner with teacher forcing, summed over the real tokens."""
     text_embedding, features = model.encode_text(tokens)  # (B, E), (B, T, D)
     logits = model.text_decoder.multimodal(features[:, :-1], tokens[:, :-1], caption_tokens)  # (B, T-1, V)
-    targets = tokens[:, 1:]
-    log_p = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]  # (B, T-1)
     cosine = (image_embedding.float() * text_embedding.float()).sum(-1)
-    return cosine, (log_p * (targets != model.config.pad_id)).sum(-1)
+    return cosine, text_log_likelihood(logits, tokens[:, 1:], model.config.pad_id)
 
 
 @torch.inference_mode()

@@ -46,6 +46,13 @@ def caption_loss(logits, targets, pad_id):
     return total / n_real
 
 
+def text_log_likelihood(logits, targets, pad_id):
+    """log p(text | image) of each text, teacher forcing: logits (B, T, V), targets (B, T) ->
+    (B,) summed over the non-padding targets (the captioner as a scorer)."""
+    log_p = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]  # (B, T)
+    return (log_p * (targets != pad_id)).sum(-1)
+
+
 def coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0):
     """The CoCa objective from `CoCa.forward`'s outputs and the (B, T) tokens it was given.
 

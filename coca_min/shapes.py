@@ -150,7 +150,6 @@ def captions(objects, index: int, split: str) -> list[str]:
     objs = [o for o in objects if o[0] != NO_OBJECT]  # already in raster order
     rng = np.random.default_rng([SPLITS[split][1], index, 1])  # word order only
     order = [objs[i] for i in _shuffled(rng, len(objs))]
-    canonical = canonical_caption(objs)
     existential = "there is " + " and ".join(_noun(o) for o in order)
     if len(order) == 1:
         relational = f"{_noun(order[0])} is {_place(order[0])}"
@@ -158,7 +157,7 @@ def captions(objects, index: int, split: str) -> list[str]:
         relational = " and ".join(
             f"{_noun(a)} is {_relation(a, b)} {_noun(b)}" for a, b in zip(order, order[1:])
         )
-    return [canonical, existential, relational]
+    return [canonical_caption(objs), existential, relational]
 
 
 _PHRASE = re.compile(
