@@ -88,7 +88,7 @@ def main():
         with torch.inference_mode():
             image_emb, _ = model.encode_image(images)
             text_emb, _ = model.encode_text(tokenizer.encode_batch(args.classes, model.config.context_length).to(args.device))
-            probs = (model.log_logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T).softmax(dim=-1)
+            probs = (model.log_logit_scale.exp() * image_emb @ text_emb.T).softmax(dim=-1)
         for path, row in zip(args.image, probs):
             print(f"{path}:")
             for name, prob in sorted(zip(args.classes, row.tolist()), key=lambda x: -x[1]):

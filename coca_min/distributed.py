@@ -80,7 +80,7 @@ def global_contrastive_loss(image_embedding, text_embedding, logit_scale):
         labels = torch.arange(len(x), device=x.device) + rank() * len(x)  # my pairs' global columns
         image_to_text = F.cross_entropy(logit_scale * x @ all_y.T, labels)  # (B, W·B)
         text_to_image = F.cross_entropy(logit_scale * y @ all_x.T, labels)
-    return (image_to_text + text_to_image) / 2
+    return image_to_text + text_to_image  # paper eq. 1: the sum of both directions (losses.py)
 
 
 def step_token_count(token_batches, pad_id):

@@ -1,15 +1,18 @@
-"""CoCa's two training objectives and their weighted sum (paper §3.1, §3.2, eq. 1-4).
+"""CoCa's two training objectives and their weighted sum (paper §3.1, §3.2, eq. 1-3).
 
-- Contrastive (eq. 2): with unit-norm image embeddings x_i and text embeddings y_j of a batch of
+- Contrastive (eq. 1): with unit-norm image embeddings x_i and text embeddings y_j of a batch of
   N pairs, and a learnable scale s = 1/σ,
 
-      L_con = -1/N Σ_i [ log softmax_j(s x_iᵀy_j)[i]  +  log softmax_j(s y_iᵀx_j)[i] ] / 2
+      L_con = -1/N ( Σ_i log softmax_j(s x_iᵀy_j)[i]  +  Σ_i log softmax_j(s y_iᵀx_j)[i] )
 
-  (the paper writes the sum of both directions; this project takes their mean, as CLIP and
-  open_clip do, so the weights below mean the same thing as theirs).
-- Captioning (eq. 3): token-level cross-entropy of the next token given the image and the
-  tokens before it, averaged over the non-padding target tokens of the batch.
-- CoCa (eq. 4): L = λ_con L_con + λ_cap L_cap with λ_cap = 2, λ_con = 1 (paper §4.1).
+  the *sum* of the two directions' mean cross-entropies, image-to-text plus text-to-image, as
+  the paper writes it. CLIP's pseudo-code and open_clip take their *mean*, exactly half of this:
+  their λ_con = 1 is this project's λ_con = 0.5, and their contrastive term weighs half as much
+  against λ_cap = 2 as the paper's does.
+- Captioning (eq. 2): token-level cross-entropy of the next token given the image and the
+  tokens before it; the paper sums over a caption's tokens, this project averages over the
+  non-padding target tokens of the batch.
+- CoCa (eq. 3): L = λ_con L_con + λ_cap L_cap with λ_cap = 2, λ_con = 1 (paper §4.1).
 
 Left out: the all-gather across GPUs that lets the contrastive loss see the global batch (it
 belongs with distributed training), label smoothing, and the JFT classification loss.
@@ -20,7 +23,8 @@ import torch.nn.functional as F
 
 
 def contrastive_loss(image_embedding, text_embedding, logit_scale):
-    """Symmetric InfoNCE: (B, E) unit-norm embeddings, scalar scale s -> scalar loss."""
+    """Paper eq. 1: (B, E) unit-norm embeddings, scalar scale s -> scalar loss, the sum of the
+    image-to-text and text-to-image cross-entropies (each a mean over the batch)."""
     # at least float32, even under bf16 autocast: near s = 100, bf16 logits are 0.5 apart
     dtype = torch.promote_types(image_embedding.dtype, torch.float32)
     with torch.autocast(image_embedding.device.type, enabled=False):
@@ -29,7 +33,7 @@ def contrastive_loss(image_embedding, text_embedding, logit_scale):
     labels = torch.arange(logits.shape[0], device=logits.device)  # pair i is on the diagonal
     image_to_text = F.cross_entropy(logits, labels)  # each row: which text is image i's?
     text_to_image = F.cross_entropy(logits.T, labels)  # each column: which image is text j's?
-    return (image_to_text + text_to_image) / 2
+    return image_to_text + text_to_image  # eq. 1: the sum, not CLIP's mean
 
 
 def caption_loss(logits, targets, pad_id):

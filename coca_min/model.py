@@ -47,7 +47,8 @@ class CoCa(nn.Module):
         )
         self.image_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
         self.text_decoder = TextDecoder(c)
-        # learnable temperature: s = exp(log_logit_scale) = 1/σ, starting at 1/0.07
+        # learnable temperature: s = exp(log_logit_scale) = 1/σ, starting at 1/0.07, at most 100
+        # (`clamp_logit_scale_`, after each optimizer step)
         self.log_logit_scale = nn.Parameter(torch.empty(()))
         self.reset_parameters()
 
@@ -59,6 +60,15 @@ class CoCa(nn.Module):
                 init_weights(module)  # each module's own parameters (this ties the LM head again)
         with torch.no_grad():
             self.log_logit_scale.fill_(math.log(1 / 0.07))
+
+    max_logit_scale = 100.0  # CLIP's cap on s = 1/σ: the temperature never goes below 0.01
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self):
+        """Keep s = exp(log_logit_scale) <= 100 by clamping the parameter itself; call it after
+        every optimizer step (as CLIP and open_clip do). Clamping s in the forward pass instead
+        would give it zero gradient above 100, so it could never come back down."""
+        self.log_logit_scale.clamp_(max=math.log(self.max_logit_scale))
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu") -> "CoCa":
@@ -90,7 +100,8 @@ class CoCa(nn.Module):
         """One pass for both losses. tokens (B, T) are `[BOS] w1 … wn [EOS] [PAD] …`.
 
         Returns a dict: image_embedding (B, E), text_embedding (B, E), logits (B, T-1, V) where
-        position t predicts tokens[:, t+1], and logit_scale (the scalar s, at most 100).
+        position t predicts tokens[:, t+1], and logit_scale (the scalar s = exp(log_logit_scale),
+        differentiable everywhere; training keeps it <= 100 with `clamp_logit_scale_`).
         """
         self._check_images(images)
         self._check_tokens(tokens)
@@ -110,7 +121,7 @@ class CoCa(nn.Module):
             "image_embedding": image_embedding,
             "text_embedding": text_embedding,
             "logits": logits,
-            "logit_scale": self.log_logit_scale.exp().clamp(max=100.0),
+            "logit_scale": self.log_logit_scale.exp(),
         }
 
     # --- input checks: clear errors in the user's terms before any tensor op ---------------

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
@@ -9,16 +10,28 @@ from torch.autograd import gradcheck
 from coca_min.losses import caption_loss, coca_loss, contrastive_loss
 
 
-def test_contrastive_loss_worked_2x2_example():
-    # images x1 = (1, 0), x2 = (0, 1); texts y1 = (1, 0), y2 = (0.6, 0.8); scale s = 2
+def test_contrastive_loss_is_paper_eq_1_on_a_worked_2x2_example():
+    # images x1 = (1, 0), x2 = (0, 1); texts y1 = (1, 0), y2 = (0.6, 0.8); scale s = 1/σ = 2
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     texts = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    # s · x_i·y_j = [[2, 1.2], [0, 1.6]]; -log softmax of the right entry = log(1 + e^-(gap))
-    image_to_text = (math.log(1 + math.exp(-0.8)) + math.log(1 + math.exp(-1.6))) / 2  # rows
-    text_to_image = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-0.4))) / 2  # columns
-    expected = (image_to_text + text_to_image) / 2
+    # s · x_i·y_j = [[2, 1.2], [0, 1.6]]. Paper eq. 1, term by term:
+    # L_con = -1/N ( Σ_i log e^{s x_i·y_i} / Σ_j e^{s x_i·y_j}  +  Σ_i log e^{s y_i·x_i} / Σ_j e^{s y_i·x_j} )
+    rows = math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) + math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6)))
+    columns = math.log(math.exp(2) / (math.exp(2) + math.exp(0))) + math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    expected = -(rows + columns) / 2  # N = 2
+    assert expected == pytest.approx((0.3711 + 0.1839 + 0.1269 + 0.5130) / 2, abs=1e-4)  # by hand: 0.5975
     got = contrastive_loss(images, texts, torch.tensor(2.0))
     assert abs(got.item() - expected) < 1e-6
+
+
+def test_contrastive_loss_is_twice_clips_mean_of_the_two_directions():
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1)
+    y = F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1)
+    s = torch.tensor(7.0, dtype=torch.float64)
+    labels = torch.arange(6)
+    clip_mean = (F.cross_entropy(s * x @ y.T, labels) + F.cross_entropy(s * y @ x.T, labels)) / 2
+    torch.testing.assert_close(contrastive_loss(x, y, s), 2 * clip_mean, atol=1e-12, rtol=0)
 
 
 def test_contrastive_loss_is_symmetric_in_images_and_texts():

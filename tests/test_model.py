@@ -1,5 +1,7 @@
 """CoCa as a whole: the properties the paper's design promises, and that it learns."""
 
+import math
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -53,12 +55,20 @@ def test_model_built_on_meta_can_be_materialised(micro_config):
     assert torch.isfinite(coca_loss(model(images, tokens), tokens, config.pad_id)["loss"])
 
 
-def test_logit_scale_is_clamped_at_100(tiny):
+def test_logit_scale_at_the_cap_still_gets_a_gradient_and_clamping_keeps_it_at_most_100(tiny):
     model = CoCa(tiny.config)
+    images, tokens = random_batch(model.config, [4, 4], 4)
     with torch.no_grad():
-        model.log_logit_scale.fill_(10.0)  # e^10 ≈ 22026
-    out = model(*random_batch(model.config, [4, 4], 4))
+        model.log_logit_scale.fill_(math.log(100.0))  # s exactly at the cap
+    out = model(images, tokens)
+    coca_loss(out, tokens, model.config.pad_id)["loss"].backward()
     assert out["logit_scale"].item() == pytest.approx(100.0)
+    assert model.log_logit_scale.grad.abs() > 1e-6  # it can still move, down as well as up
+    with torch.no_grad():
+        model.log_logit_scale.fill_(10.0)  # s = e^10 ≈ 22026, e.g. after a large step
+    model.clamp_logit_scale_()
+    assert model.log_logit_scale.item() == pytest.approx(math.log(100.0))
+    assert model(images, tokens)["logit_scale"].item() == pytest.approx(100.0)
 
 
 @pytest.mark.parametrize("t", [0, 3, 7])
