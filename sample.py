@@ -96,9 +96,12 @@ def main():
         return
 
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    texts = caption(model, tokenizer, images, prompt=args.prompt, method=args.method, num_beams=args.beams,
-                    length_penalty=args.length_penalty, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, min_new=args.min_length, max_new=args.max_length, generator=generator)  # fmt: skip
+    try:
+        texts = caption(model, tokenizer, images, prompt=args.prompt, method=args.method, num_beams=args.beams,
+                        length_penalty=args.length_penalty, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, min_new=args.min_length, max_new=args.max_length, generator=generator)  # fmt: skip
+    except ValueError as error:  # a decoding option out of range: say which, no traceback
+        sys.exit(f"error: {error}")
     for path, text in zip(args.image, texts):
         print(f"{path}: {text}")
 

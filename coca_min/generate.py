@@ -12,7 +12,8 @@ Search methods, all batched over images:
   (not raw logits, open_clip's bug in v3.3.0), ranked by sum / length^length_penalty; a beam
   that has produced [EOS] stays ended and keeps its score.
 - sampling: from softmax(log p / temperature), optionally restricted to the top-k tokens and to
-  the smallest set whose probability reaches top-p (nucleus).
+  the smallest set whose probability reaches top-p (nucleus); top_k = 0 is no top-k filter,
+  top_p = 0 keeps only the most likely token.
 
 Left out: repetition penalties, diverse beam search, batched prompts of different lengths (one
 prompt serves the whole batch).
@@ -76,20 +77,30 @@ def greedy_choice(log_probs):
 
 
 def sampling_choice(temperature=1.0, top_k=None, top_p=None, generator=None):
-    """A `choose` for `extend` that samples, with temperature, top-k and nucleus (top-p)."""
+    """A `choose` for `extend` that samples, with temperature, top-k and nucleus (top-p).
+
+    top_k: keep the k most likely tokens; None or 0 keeps all (as the common libraries do).
+    top_p: keep the smallest set of most likely tokens whose probability reaches top_p, in
+    [0, 1]; 0 keeps only the most likely token (greedy), None or 1 keeps all."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (use greedy decoding for 0); got {temperature}")
+    if top_k is not None and (top_k < 0 or top_k != int(top_k)):
+        raise ValueError(f"top_k must be a whole number >= 0 (0: no top-k filter); got {top_k}")
+    if top_p is not None and not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be in [0, 1] (0 keeps only the most likely token); got {top_p}")
 
     def choose(log_probs):  # (N, V)
         logits = log_probs / temperature
-        if top_k is not None:
-            kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (N, 1)
+        if top_k:
+            kth_best = logits.topk(min(int(top_k), logits.shape[-1]), dim=-1).values[:, -1:]  # (N, 1)
             logits = logits.masked_fill(logits < kth_best, float("-inf"))
-        if top_p is not None:
+        if top_p is not None and top_p < 1:
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             probs = sorted_logits.softmax(dim=-1)
             before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked higher
-            sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # best stays
+            drop = before >= top_p  # already enough without this token
+            drop[:, 0] = False  # the most likely token always stays (top_p = 0: greedy)
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
 

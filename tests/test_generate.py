@@ -92,6 +92,21 @@ def test_top_k_one_and_tiny_nucleus_are_greedy(tiny, images):
     assert not torch.equal(sampled, greedy_tokens)  # plain sampling does wander
 
 
+def test_top_p_zero_is_greedy_and_top_k_zero_is_no_filter(tiny, images):
+    greedy_tokens, _ = generate(tiny, images, max_new=20)
+    nucleus, _ = generate(tiny, images, method="sample", top_p=0.0, temperature=2.0, max_new=20,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.equal(nucleus, greedy_tokens)  # top_p = 0 keeps only the most likely token
+    unfiltered, _ = generate(tiny, images, method="sample", max_new=20, generator=torch.Generator().manual_seed(3))
+    top_k_zero, _ = generate(tiny, images, method="sample", top_k=0, top_p=1.0, max_new=20,
+                             generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert torch.equal(top_k_zero, unfiltered)  # top_k = 0 and top_p = 1 filter nothing
+    for bad, pattern in [(dict(top_k=-1), r"top_k must be a whole number >= 0"),
+                         (dict(top_p=-0.1), r"top_p must be in \[0, 1\]"), (dict(top_p=1.5), r"top_p must be in \[0, 1\]")]:  # fmt: skip
+        with pytest.raises(ValueError, match=pattern):
+            generate(tiny, images, method="sample", max_new=3, **bad)
+
+
 def test_lengths_prompt_and_special_tokens(tiny, images):
     tokens, _ = generate(tiny, images, method="sample", min_new=6, max_new=9, prompt_ids=[7, 8],
                          generator=torch.Generator().manual_seed(0))  # fmt: skip

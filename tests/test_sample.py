@@ -83,3 +83,6 @@ def test_sample_errors_are_clear(monkeypatch, capsys, checkpoint):
         run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--image", checkpoint / "broken.png")
     with pytest.raises(SystemExit, match="image not found: .*nothing.png"):
         run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--image", checkpoint / "nothing.png")
+    with pytest.raises(SystemExit, match=r"error: top_p must be in \[0, 1\]"):
+        run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--image", checkpoint / "image0.png",
+                   "--method", "sample", "--top-p", 2)  # fmt: skip
