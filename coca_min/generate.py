@@ -9,8 +9,9 @@ the whole prefix exactly as training does; the two give the same tokens.
 Search methods, all batched over images:
 - greedy: the most likely next token each step.
 - beam search: keeps the `num_beams` best partial captions by their summed log-probabilities
-  (not raw logits, open_clip's bug in v3.3.0), ranked by sum / length^length_penalty; a beam
-  that has produced [EOS] stays ended and keeps its score.
+  (not raw logits, open_clip's bug in v3.3.0); a caption that produces [EOS] leaves the beam
+  for a store of finished ones, ranked by sum / length^length_penalty, and the best finished
+  caption is the result (one cut off at the length limit only if none finished).
 - sampling: from softmax(log p / temperature), optionally restricted to the top-k tokens and to
   the smallest set whose probability reaches top-p (nucleus); top_k = 0 is no top-k filter,
   top_p = 0 keeps only the most likely token.
@@ -109,38 +110,59 @@ def sampling_choice(temperature=1.0, top_k=None, top_p=None, generator=None):
 
 def beam_search(step, reorder, tokens, num_beams, max_new, min_new=0, length_penalty=1.0,
                 eos_id=EOS, pad_id=PAD, bos_id=BOS):  # fmt: skip
-    """Returns each image's best caption (B, P + n) and its score: sum of log-probabilities /
-    length^length_penalty, the length counting generated tokens up to and with [EOS]."""
-    B, K = tokens.shape[0], num_beams
-    start = torch.arange(B, device=tokens.device).repeat_interleave(K)  # (B K,) K copies each
+    """Each image's best caption (B, P + n) and its score: summed log-probabilities /
+    length^length_penalty, the length counting generated tokens up to and with [EOS].
+
+    `num_beams` live captions are extended by one token per step. A candidate that ends with
+    [EOS] leaves the beam for a separate store of finished captions (each image's best so far),
+    so a finished caption never competes with live ones for a slot, and the beam keeps the K
+    best captions that go on. The result is the best finished caption; a caption cut off at
+    `max_new` is returned only when none finished. The search stops early once no live caption
+    can still beat the best finished one."""
+    B, K, P = tokens.shape[0], num_beams, tokens.shape[1]
+    device = tokens.device
+    start = torch.arange(B, device=device).repeat_interleave(K)  # (B K,) K copies each
     tokens = tokens[start]
     reorder(start)
-    scores = torch.zeros(B, K, device=tokens.device)
+    scores = torch.zeros(B, K, device=device)
     scores[:, 1:] = float("-inf")  # only one copy is alive at first, or the beam fills with twins
-    scores = scores.view(-1)  # (B K,) summed log-probabilities
-    lengths = torch.zeros(B * K, device=tokens.device)
-    finished = torch.zeros(B * K, dtype=torch.bool, device=tokens.device)
-    for i in range(max_new):
+    scores = scores.view(-1)  # (B K,) summed log-probabilities of the live captions
+    best_tokens = torch.full((B, P + max_new), pad_id, device=device)  # finished: [BOS] … [EOS] [PAD]…
+    best_scores = torch.full((B,), float("-inf"), device=device)  # -inf: none finished yet
+    best_lengths = torch.zeros(B, dtype=torch.long, device=device)
+    image = torch.arange(B, device=device)
+    for i in range(max_new):  # live captions hold i generated tokens
         log_probs = next_log_probs(step, tokens, i, min_new, eos_id, pad_id, bos_id)  # (B K, V)
         V = log_probs.shape[-1]
-        log_probs[finished] = float("-inf")  # an ended beam continues only with [PAD], for free
-        log_probs[finished, pad_id] = 0.0
-        new_lengths = lengths + (~finished).float()  # (B K,)
         candidates = scores[:, None] + log_probs  # (B K, V): every one-token extension
-        ranked = candidates / new_lengths[:, None] ** length_penalty
-        best = ranked.view(B, K * V).topk(K, dim=-1).indices  # (B, K) over beams x tokens
-        rows = (torch.arange(B, device=tokens.device)[:, None] * K + best // V).view(-1)
-        next_token = (best % V).view(-1)  # (B K,)
-        scores = candidates.view(-1)[rows * V + next_token]
-        tokens = torch.cat([tokens[rows], next_token[:, None]], dim=1)
-        finished = finished[rows] | (next_token == eos_id)
-        lengths = new_lengths[rows]
+        # ending now: i + 1 tokens with [EOS]; keep each image's best if it beats its store
+        ended, beam = (candidates[:, eos_id] / (i + 1) ** length_penalty).view(B, K).max(dim=1)  # (B,)
+        better = ended > best_scores
+        if better.any():
+            best_tokens[better, : P + i] = tokens[(image * K + beam)[better]]
+            best_tokens[better, P + i :] = pad_id
+            best_tokens[better, P + i] = eos_id
+            best_scores = torch.where(better, ended, best_scores)
+            best_lengths = torch.where(better, P + i + 1, best_lengths)
+        candidates[:, eos_id] = float("-inf")  # the beam: the K best captions that go on
+        top = candidates.view(B, K * V).topk(K, dim=-1)  # (B, K) over beams x tokens
+        rows = (image[:, None] * K + top.indices // V).view(-1)
+        scores = top.values.view(-1)
+        tokens = torch.cat([tokens[rows], (top.indices % V).view(-1, 1)], dim=1)
         reorder(rows)  # the cache follows its beams
-        if finished.all():
+        # a live sum S <= 0 only falls, so the best a live caption can still end with is S over
+        # the largest length it can reach (penalty >= 0), or the smallest (penalty < 0)
+        reach = max_new if length_penalty >= 0 else i + 2
+        if i + 1 < max_new and (best_scores >= scores.view(B, K).max(1).values / reach**length_penalty).all():
             break
-    final = (scores / lengths.clamp(min=1) ** length_penalty).view(B, K)
-    best = final.argmax(dim=-1)  # (B,)
-    return tokens.view(B, K, -1)[torch.arange(B), best], final[torch.arange(B), best]
+    # none finished: fall back to the best live caption, cut off after max_new tokens
+    cut_off = best_scores == float("-inf")
+    if cut_off.any():
+        live, beam = scores.view(B, K).max(dim=1)  # (B,) all live captions have the same length
+        best_tokens[cut_off, : tokens.shape[1]] = tokens[image * K + beam][cut_off]
+        best_scores = torch.where(cut_off, live / (tokens.shape[1] - P) ** length_penalty, best_scores)
+        best_lengths = torch.where(cut_off, tokens.shape[1], best_lengths)
+    return best_tokens[:, : int(best_lengths.max())], best_scores
 
 
 @torch.inference_mode()

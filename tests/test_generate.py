@@ -1,6 +1,7 @@
 """Caption decoding: the cache changes nothing but speed; beam search, sampling and prompts
 behave as specified; an overfit model captions its training images exactly."""
 
+import itertools
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from coca_min import CoCa, CoCaConfig
 from coca_min.data import TinyShapes, collate
 from coca_min.generate import Stepper, beam_search, caption, generate
-from coca_min.losses import coca_loss
+from coca_min.losses import coca_loss, text_log_likelihood
 from coca_min.tokenizer import BOS, EOS, PAD
 
 
@@ -36,23 +37,75 @@ def test_cached_logits_match_uncached_logits_at_every_step(tiny, images):
             torch.testing.assert_close(cached(tokens[:, :length]), uncached(tokens[:, :length]), atol=1e-5, rtol=0)
 
 
-def test_beam_search_with_one_beam_is_greedy(tiny, images):
-    greedy_tokens, greedy_scores = generate(tiny, images, max_new=25)
-    beam_tokens, beam_scores = generate(tiny, images, method="beam", num_beams=1, max_new=25, length_penalty=0.0)
-    assert torch.equal(beam_tokens, greedy_tokens)
-    torch.testing.assert_close(beam_scores, greedy_scores, atol=1e-4, rtol=0)
-
-
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_beam_search_scores_at_least_greedy_over_two_tokens(tiny, images, length_penalty):
-    # the beam keeps greedy's first token (the best one), then takes the best two-token text among
-    # its beams, so it cannot score below greedy. (Over more tokens greedy's prefix can drop out
-    # of the beam, and beam search can end below greedy: that is allowed.)
-    greedy_tokens, greedy_sum = generate(tiny, images, max_new=2)
-    lengths = (greedy_tokens[:, 1:] != PAD).sum(1).float()  # generated tokens, [EOS] included
-    greedy_score = greedy_sum / lengths**length_penalty
-    _, beam_score = generate(tiny, images, method="beam", num_beams=4, max_new=2, length_penalty=length_penalty)
-    assert (beam_score >= greedy_score - 1e-5).all()
+def test_beam_search_with_one_beam_follows_greedys_path(tiny, images, length_penalty):
+    # one beam keeps the most likely token that does not end the caption, so it walks greedy's
+    # path; what it returns is the best "greedy prefix + [EOS]" it met (or greedy's own caption)
+    greedy_tokens, _ = generate(tiny, images, max_new=25)
+    beam_tokens, _ = generate(tiny, images, method="beam", num_beams=1, max_new=25, length_penalty=length_penalty)
+    for beam_row, greedy_row in zip(beam_tokens.tolist(), greedy_tokens.tolist()):
+        n = beam_row.index(EOS) if EOS in beam_row else len(beam_row)
+        assert beam_row[:n] == greedy_row[:n] and all(t == PAD for t in beam_row[n + 1 :])
+
+
+def small_vocabulary_model(seed=2):
+    """A random CoCa over 6 ids (pad, bos, eos and 3 words), small enough to enumerate captions."""
+    torch.manual_seed(seed)
+    config = CoCaConfig(image_size=8, patch_size=4, vision_width=16, vision_layers=1, vision_heads=2,
+                        vision_mlp=32, n_caption_queries=4, pooler_heads=2, vocab_size=6, context_length=8,
+                        text_width=16, text_heads=2, n_uni=1, n_multi=1, text_mlp=32, embed_dim=16)  # fmt: skip
+    model = CoCa(config).eval()
+    with torch.no_grad():
+        model.text_decoder.lm_head.weight.mul_(4)  # peaked next-token distributions, no near-ties
+        model.text_decoder.lm_head.weight[EOS].mul_(0.5)  # best captions of 1 to 4 tokens, not all 1
+    return model, torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def brute_force_best(model, image, max_new, length_penalty, finished=True):
+    """Enumerate every caption of 1..max_new generated tokens that ends with [EOS] (finished) or
+    every caption of exactly max_new tokens without [EOS] (cut off); score each by teacher forcing
+    as sum of log-probabilities / length^length_penalty. -> (best tokens, best score)."""
+    words = [3, 4, 5]
+    if finished:
+        texts = [[BOS, *w, EOS] for n in range(max_new) for w in itertools.product(words, repeat=n)]
+    else:
+        texts = [[BOS, *w] for w in itertools.product(words, repeat=max_new)]
+    width = max(map(len, texts))
+    tokens = torch.tensor([t + [PAD] * (width - len(t)) for t in texts])
+    with torch.no_grad():
+        logits = model(image.expand(len(texts), -1, -1, -1), tokens)["logits"]
+    lengths = torch.tensor([len(t) - 1 for t in texts], dtype=torch.float)  # generated, [EOS] included
+    scores = text_log_likelihood(logits, tokens[:, 1:], PAD) / lengths**length_penalty
+    best = int(scores.argmax())
+    return texts[best], scores[best].item()
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+def test_beam_search_finds_the_best_finished_caption_of_brute_force(length_penalty):
+    # with 3^(max_new - 1) beams every finished caption is met, so none may be lost
+    model, images = small_vocabulary_model()
+    max_new = 4
+    tokens, scores = generate(model, images, method="beam", num_beams=27, max_new=max_new, length_penalty=length_penalty)
+    cut_off_scores_higher = []
+    for row, score, image in zip(tokens.tolist(), scores.tolist(), images):
+        text, best = brute_force_best(model, image[None], max_new, length_penalty)
+        assert row[: len(text)] == text and all(t == PAD for t in row[len(text) :])
+        assert score == pytest.approx(best, abs=1e-4)
+        _, cut_off_best = brute_force_best(model, image[None], max_new, length_penalty, finished=False)
+        cut_off_scores_higher.append(cut_off_best > best)
+    # a finished caption wins even where a cut-off one scores higher: that case really occurs here
+    assert any(cut_off_scores_higher)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 2.0])
+def test_beam_search_returns_a_cut_off_caption_only_when_none_finished(length_penalty):
+    model, images = small_vocabulary_model()
+    max_new = 3  # min_new = max_new: [EOS] is never allowed, no caption can finish
+    tokens, scores = generate(model, images, method="beam", num_beams=9, max_new=max_new, min_new=max_new,
+                              length_penalty=length_penalty)  # fmt: skip
+    for row, score, image in zip(tokens.tolist(), scores.tolist(), images):
+        text, best = brute_force_best(model, image[None], max_new, length_penalty, finished=False)
+        assert row == text and score == pytest.approx(best, abs=1e-4)
 
 
 def toy_step(tokens):
@@ -78,7 +131,7 @@ def test_beam_search_ranks_by_log_probabilities_not_raw_logits():
     assert log_p_y_eos > log_p_x_eos and raw_x_eos > raw_y_eos
     start = torch.tensor([[BOS]])
     tokens, score = beam_search(toy_step, lambda rows: None, start, num_beams=2, max_new=3, length_penalty=0.0)
-    assert tokens.tolist() == [[BOS, 4, EOS, PAD]]  # ended at step 2 and stayed ended
+    assert tokens.tolist() == [[BOS, 4, EOS]]  # finished at step 2; no live caption could beat it
     assert score.item() == pytest.approx(log_p_y_eos, abs=1e-5)
 
 
