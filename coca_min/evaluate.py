@@ -15,6 +15,8 @@ bar for long sets. Metrics themselves are in `metrics.py`. Left out: attentive p
 fine-tuning (they train), video.
 """
 
+import warnings
+
 import torch
 from tqdm import tqdm
 
@@ -35,24 +37,39 @@ def _device(model):
 
 
 def image_batches(dataset, batch_size=256, desc="images"):
-    """Normalised image batches (b, 3, S, S) of a whole data set, in order, on no device yet."""
-    starts = range(0, len(dataset), batch_size)
+    """(normalised images (b, 3, S, S), their indices (b,)) over a whole data set, in order, on
+    no device yet. An image that cannot be read is left out, never replaced by another (its
+    captions would then be scored against the wrong picture): one warning at the end counts
+    them. A `strict` data set raises instead."""
+    starts, left_out = range(0, len(dataset), batch_size), []
     for start in tqdm(starts, desc=desc, disable=len(starts) < 8, leave=False):
         indices = list(range(start, min(start + batch_size, len(dataset))))
-        if hasattr(dataset, "images"):  # the tiny set decodes a whole batch at once
-            yield dataset.images(indices)
-        else:
-            items = [dataset[i] for i in indices]
-            if any(item is None for item in items):
-                raise ValueError("an evaluation image failed to load; evaluation needs every image")
-            yield torch.stack([image for image, _ in items])
+        if hasattr(dataset, "images"):  # the tiny set decodes a whole batch at once, in memory
+            yield dataset.images(indices), torch.tensor(indices)
+            continue
+        items = [dataset[i] for i in indices]  # None: unreadable
+        left_out += [i for i, item in zip(indices, items) if item is None]
+        kept = [(i, item[0]) for i, item in zip(indices, items) if item is not None]
+        if kept:
+            yield torch.stack([image for _, image in kept]), torch.tensor([i for i, _ in kept])
+    if left_out:
+        names = [str(dataset.paths[i]) if hasattr(dataset, "paths") else f"item {i}" for i in left_out]
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        warnings.warn(f"left {len(left_out)} of {len(dataset)} images out of this evaluation, with their captions: "
+                      f"they could not be read ({', '.join(names[:3])}{more})")  # fmt: skip
 
 
 @torch.inference_mode()
 def embed_images(model, dataset, batch_size=256):
-    """(N, E) unit-norm contrastive image embeddings of a data set."""
-    device = _device(model)
-    return torch.cat([model.encode_image(b.to(device))[0].float() for b in image_batches(dataset, batch_size)])
+    """(M, E) unit-norm contrastive image embeddings of the M readable images of a data set,
+    and their indices (M,) in it (all N of them unless some file could not be read)."""
+    device, embeddings, kept = _device(model), [], []
+    for images, indices in image_batches(dataset, batch_size):
+        embeddings.append(model.encode_image(images.to(device))[0].float())
+        kept.append(indices)
+    if not embeddings:
+        raise ValueError(f"none of the {len(dataset)} images of this data set could be read")
+    return torch.cat(embeddings), torch.cat(kept)
 
 
 @torch.inference_mode()
@@ -71,21 +88,25 @@ def class_embeddings(model, tokenizer, classnames, templates):
 
 
 def zero_shot_scores(model, tokenizer, dataset, classnames, templates):
-    """(N, C) cosine similarities between each image and each class embedding."""
-    return embed_images(model, dataset) @ class_embeddings(model, tokenizer, classnames, templates).T
+    """(M, C) cosine similarities between each readable image and each class embedding, and
+    the images' indices (M,) (see `embed_images`)."""
+    images, kept = embed_images(model, dataset)
+    return images @ class_embeddings(model, tokenizer, classnames, templates).T, kept
 
 
 @torch.inference_mode()
 def likelihood_scores(model, tokenizer, dataset, classnames, templates, batch_size=8):
-    """(N, C) log p(prompt | image) by the captioner, averaged over templates (teacher forcing)."""
+    """(M, C) log p(prompt | image) by the captioner, averaged over templates (teacher forcing),
+    for the M readable images, and their indices (M,)."""
     device, decoder = _device(model), model.text_decoder
     texts = [t.format(name) for name in classnames for t in templates]
     tokens = tokenizer.encode_batch(texts, model.config.context_length).to(device)  # (C·P, T)
     tokens = tokens[:, : int((tokens != model.config.pad_id).sum(1).max())]  # drop all-pad columns
     _, features = decoder.unimodal(tokens)  # text alone: computed once for every image
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    scores = []
-    for images in image_batches(dataset, batch_size, desc="scoring"):
+    scores, kept = [], []
+    for images, indices in image_batches(dataset, batch_size, desc="scoring"):
+        kept.append(indices)
         _, caption_tokens = model.encode_image(images.to(device))  # (b, n_q, D)
         b, n = len(images), len(texts)
         logits = decoder.multimodal(  # every (image, prompt) pair: (b·n, T-1, V)
@@ -93,15 +114,16 @@ def likelihood_scores(model, tokenizer, dataset, classnames, templates, batch_si
         )
         log_p = text_log_likelihood(logits, targets.repeat(b, 1), model.config.pad_id)  # (b·n,)
         scores.append(log_p.view(b, len(classnames), len(templates)).mean(-1))
-    return torch.cat(scores)
+    return torch.cat(scores), torch.cat(kept)
 
 
 def evaluate_tiny_zero_shot(model, tokenizer, dataset, scorer="contrastive"):
     """Zero-shot accuracy on tiny_data's `classes` split: overall, on seen and on held-out
     colour-shape pairs, and colour / shape accuracy alone. Returns (metrics, scores, labels)."""
     score = zero_shot_scores if scorer == "contrastive" else likelihood_scores
-    scores = score(model, tokenizer, dataset, TINY_CLASSES, TINY_TEMPLATES).cpu()
-    objects = torch.as_tensor(dataset.objects[:, 0].astype("int64"))  # (N, 5): the one object
+    scores, kept = score(model, tokenizer, dataset, TINY_CLASSES, TINY_TEMPLATES)
+    scores = scores.cpu()
+    objects = torch.as_tensor(dataset.objects[kept.numpy(), 0].astype("int64"))  # (N, 5): the one object
     labels = objects[:, 1] * len(shapes.SHAPES) + objects[:, 0]  # index into shapes.PAIRS
     held = torch.tensor([shapes.PAIRS[i] in shapes.HELD_OUT for i in labels.tolist()])
     predicted = scores.argmax(dim=1)
@@ -127,22 +149,28 @@ def caption_owners(captions):
 
 
 def evaluate_retrieval(model, dataset, ks=(1, 5, 10)):
-    """Recall@K both ways, with every caption of every image of a data set."""
-    texts, belongs = caption_owners(dataset.captions)
-    images = embed_images(model, dataset)
+    """Recall@K both ways, with every caption of every (readable) image of a data set."""
+    images, kept = embed_images(model, dataset)
+    texts, belongs = caption_owners([dataset.captions[i] for i in kept.tolist()])
     return retrieval_recalls(images, embed_texts(model, dataset.tokenizer, texts).to(images.device), belongs, ks)
 
 
 def evaluate_captions(model, dataset, batch_size=128, **decoding):
     """Generated captions against all references: BLEU-1..4, CIDEr-D; on the tiny set also
-    object-level precision / recall / F1 and exact match. Returns (metrics, captions)."""
-    device, generated = _device(model), []
-    for images in image_batches(dataset, batch_size, desc="captioning"):
-        generated += caption(model, dataset.tokenizer, images.to(device), **decoding)
-    out = {f"BLEU-{n + 1}": v for n, v in enumerate(bleu(generated, dataset.captions))}
-    out["CIDEr-D"] = cider_d(generated, dataset.captions)
+    object-level precision / recall / F1 and exact match. Returns (metrics, captions): one
+    caption per image, None for an image that could not be read (and is not scored)."""
+    device, generated = _device(model), [None] * len(dataset)
+    for images, indices in image_batches(dataset, batch_size, desc="captioning"):
+        for i, text in zip(indices.tolist(), caption(model, dataset.tokenizer, images.to(device), **decoding)):
+            generated[i] = text
+    kept = [i for i, text in enumerate(generated) if text is not None]
+    if not kept:
+        raise ValueError(f"none of the {len(dataset)} images of this data set could be read")
+    texts, references = [generated[i] for i in kept], [dataset.captions[i] for i in kept]
+    out = {f"BLEU-{n + 1}": v for n, v in enumerate(bleu(texts, references))}
+    out["CIDEr-D"] = cider_d(texts, references)
     if hasattr(dataset, "objects"):
-        out.update(object_scores(generated, dataset.objects))
+        out.update(object_scores(texts, dataset.objects[kept]))
     return out, generated
 
 

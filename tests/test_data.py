@@ -107,7 +107,7 @@ def check_skips_bad_files(make):
     loader = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=collate)
     images, tokens = next(iter(loader))
     assert images.shape == (3, 3, 32, 32) and tokens[:, 0].tolist() == [BOS] * 3
-    with pytest.raises(ValueError, match=r"2 of 5 images cannot be read"):
+    with pytest.raises(ValueError, match=r"2 of 5 images that cannot be read"):
         make(strict=True)
 
 
@@ -142,6 +142,35 @@ def test_a_file_that_breaks_during_training_is_skipped_not_fatal(tmp_path, image
     assert [len(images) for images, _ in batches] == [3]  # b.png replaced: batches keep their size
 
 
+BAD_CAPTIONS = [("a.png", "a red circle"), ("b.png", None), ("c.jpg", "   "), ("a.png", "a circle that is red")]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "csv", "coco"])
+def test_rows_without_a_caption_are_skipped_and_counted_as_caption_problems(tmp_path, image_folder, tokenizer, form):
+    if form == "jsonl":
+        path = tmp_path / "pairs.jsonl"
+        lines = [json.dumps({"image": i, "caption": c}) for i, c in BAD_CAPTIONS] + ['{"image": "c.jpg"}']
+        path.write_text("\n".join(lines) + "\n")
+        where, make = r"rows? 2 \(no caption\); row 3 \(empty caption\); row 5 \(no caption\)", CaptionManifest
+    elif form == "csv":
+        path = tmp_path / "pairs.csv"
+        path.write_text("image,caption\n" + "".join(f"{i},{c}\n" if c else f"{i}\n" for i, c in BAD_CAPTIONS) + "c.jpg,\n")
+        where, make = r"row 2 \(no caption\); row 3 \(empty caption\); row 5 \(empty caption\)", CaptionManifest
+    else:
+        path = tmp_path / "captions.json"
+        names = ["a.png", "b.png", "c.jpg"]
+        notes = [{"image_id": names.index(i), "caption": c} for i, c in BAD_CAPTIONS] + [{"image_id": 2}, {"image_id": 9, "caption": "x"}]
+        path.write_text(json.dumps({"images": [{"id": k, "file_name": n} for k, n in enumerate(names)], "annotations": notes}))
+        where = r"annotation 1 \(no caption\); annotation 2 \(empty caption\); annotation 4 \(no caption\); annotation 5 \(image_id 9 names no image\)"
+        make = CocoCaptions
+    with pytest.warns(UserWarning, match=r"skipping \d of \d .*" + where) as caught:
+        data = make(path, image_folder, tokenizer, 32)
+    assert not any("decode" in str(w.message) or "images that cannot" in str(w.message) for w in caught)  # not the images' fault
+    assert data.captions == [["a red circle", "a circle that is red"]]  # only a.png keeps a usable caption
+    with pytest.raises(ValueError, match=where):
+        make(path, image_folder, tokenizer, 32, strict=True)
+
+
 def test_missing_paths_are_named(tmp_path, image_folder, tokenizer):
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         CaptionManifest(tmp_path / "nowhere.jsonl", image_folder, tokenizer, 32)
@@ -149,7 +178,7 @@ def test_missing_paths_are_named(tmp_path, image_folder, tokenizer):
         CocoCaptions(tmp_path / "c.json", tmp_path / "no_such_folder", tokenizer, 32)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"file": "a.png", "text": "x"}) + "\n")
-    with pytest.raises(ValueError, match="row 1: expected fields 'image' and 'caption'"):
+    with pytest.raises(ValueError, match=r"no row has an image and a caption; row 1 \(expected fields 'image' and 'caption'"):
         CaptionManifest(bad, image_folder, tokenizer, 32)
     with pytest.raises(ValueError, match="unknown tiny_data split 'tets'"):
         TinyShapes("tets")

@@ -1,12 +1,15 @@
 """The evaluations: class embeddings, the captioner as a scorer, object scores, and the tiny
 set's zero-shot, retrieval and caption reports end to end on small subsets."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from coca_min import shapes
-from coca_min.data import TinyShapes
+from coca_min.data import CaptionManifest, TinyShapes
 from coca_min.evaluate import (TINY_CLASSES, class_embeddings, evaluate_captions, evaluate_retrieval,
                                evaluate_tiny_zero_shot, likelihood_scores, object_scores, plot_confusion)  # fmt: skip
 
@@ -28,7 +31,8 @@ def test_class_embedding_is_normalised_mean_of_normalised_templates(tiny, classe
 
 def test_likelihood_scores_are_log_p_of_the_prompt_given_the_image(tiny, classes):
     prompts = ["there is a red circle", "there is an orange cross and a blue square"]
-    scores = likelihood_scores(tiny, classes.tokenizer, TinyShapes("classes", limit=3), prompts, ["{}"])
+    scores, kept = likelihood_scores(tiny, classes.tokenizer, TinyShapes("classes", limit=3), prompts, ["{}"])
+    assert kept.tolist() == [0, 1, 2]
     tokens = classes.tokenizer.encode_batch(prompts, 32)
     with torch.no_grad():
         for i in range(3):
@@ -69,3 +73,30 @@ def test_retrieval_and_caption_reports_on_a_subset(tiny):
     assert all(0.0 <= v <= 1.0 for v in recalls.values())
     metrics, captions = evaluate_captions(tiny, val, max_new=12)
     assert len(captions) == 12 and {"BLEU-4", "CIDEr-D", "object_F1", "exact_match"} <= set(metrics)
+
+
+def test_evaluation_leaves_an_unreadable_image_out_and_never_scores_another_in_its_place(tiny, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    val = TinyShapes("val", limit=6)
+    for i in range(6):  # six tiny_data images as files, each with its three captions
+        Image.fromarray(val.palette[val.pixels[i].long()].numpy()).save(folder / f"{i}.png")
+    rows = [{"image": f"{i}.png", "caption": c} for i in range(6) for c in val.captions[i]]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "without_2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["image"] != "2.png"))
+    files = CaptionManifest(tmp_path / "all.jsonl", folder, val.tokenizer, 48)
+    expected_recalls = evaluate_retrieval(tiny, CaptionManifest(tmp_path / "without_2.jsonl", folder, val.tokenizer, 48))
+    expected_metrics, expected_captions = evaluate_captions(tiny, CaptionManifest(tmp_path / "without_2.jsonl", folder,
+                                                                                  val.tokenizer, 48), max_new=8)  # fmt: skip
+    (folder / "2.png").write_bytes(b"broken after the set was built")
+    with pytest.warns(UserWarning, match=r"left 1 of 6 images out of this evaluation.*2\.png"):
+        recalls = evaluate_retrieval(tiny, files)
+    assert recalls == expected_recalls  # the other five, each with its own captions
+    with pytest.warns(UserWarning, match=r"left 1 of 6 images out"):
+        metrics, captions = evaluate_captions(tiny, files, max_new=8)
+    assert metrics == expected_metrics and captions[2] is None
+    assert [c for c in captions if c is not None] == expected_captions
+    strict = CaptionManifest(tmp_path / "without_2.jsonl", folder, val.tokenizer, 48, strict=True)
+    (folder / "3.png").write_bytes(b"broken too")
+    with pytest.raises(OSError, match=r"could not decode .*3\.png"):
+        evaluate_retrieval(tiny, strict)
