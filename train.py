@@ -5,9 +5,10 @@
     torchrun --standalone --nproc-per-node=8 train.py --size base --data coco.json --images train2017/
     python train.py --size tiny --resume                          # continue out/tiny exactly
 
-One optimizer step uses `--batch-size` pairs in all (split over processes and accumulation
-steps); the contrastive loss of each micro-batch sees every process's pairs (distributed.py).
-Outputs in --out: ckpt.pt (atomic), history.json, report.json, losses.png, lr.png, metrics.png.
+One optimizer step uses `--batch-size` pairs in all, split over processes and `--accum`
+micro-batches; the contrastive loss sees all of them as negatives (distributed.py).
+Outputs in --out: ckpt.pt (atomic), history.json (losses and lr per step, evaluations),
+report.json, losses.png, lr.png, metrics.png (and confusion.png on the tiny set).
 """
 
 import argparse
@@ -34,6 +35,7 @@ from coca_min.data import CaptionManifest, CocoCaptions, TinyShapes, collate
 from coca_min.losses import coca_loss
 from coca_min.evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
 from coca_min.plots import plot_training
+from coca_min.schedule import FakeClock, Schedule, TimeBudget
 from coca_min.tokenizer import Tokenizer
 
 
@@ -50,14 +52,15 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     p.add_argument("--image-lr-scale", type=float, default=1.0, help="the image encoder's lr / --lr")
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="final lr / peak lr (cosine decay)")
-    p.add_argument("--warmup", type=float, default=0.05, help="warm-up, as a fraction of all steps")
+    p.add_argument("--warmup", type=int, help="warm-up steps (default: 5%% of --steps; 30 with a time budget)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--caption-weight", type=float, default=2.0, help="λ_cap")
     p.add_argument("--contrastive-weight", type=float, default=1.0, help="λ_con")
     p.add_argument("--steps", type=int, help="optimizer steps (default: as many as --minutes allows)")
     p.add_argument("--minutes", type=float, default=3.75, help="training time budget when --steps is not given (evaluation comes on top)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate and save every N steps (0: 4 times a run)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate and save every N steps (0: at the quarters of the planned steps)")
     p.add_argument("--eval-images", type=int, help="evaluate on at most N images per split (quick checks)")
     p.add_argument("--out", help="output folder (default: out/SIZE)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
@@ -68,18 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, help="data loader processes (default: 0 on CPU, 4 on GPU)")
     p.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
     p.add_argument("--nan-at-step", type=int, help=argparse.SUPPRESS)  # tests: make that step's loss NaN
+    p.add_argument("--fake-step-seconds", type=float, help=argparse.SUPPRESS)  # tests: every step takes this long
     args = p.parse_args(argv)
     args.out = Path(args.out or f"out/{args.size}")
     return args
-
-
-def lr_at(step, args, total_steps):
-    """Linear warm-up to the peak, then cosine decay to min_lr_ratio · peak."""
-    warmup = max(1, int(args.warmup * total_steps))
-    if step < warmup:
-        return args.lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def build_data(args, config):
@@ -169,6 +164,7 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=on_gpu)
     ckpt_path = args.out / "ckpt.pt"
     step, total_steps, history, evaluations = 0, args.steps, [], []
+    budgeted, spent, progress, last_eval = args.steps is None, 0.0, 0.0, 0
     if args.resume:
         if not ckpt_path.is_file():
             sys.exit(f"error: --resume, but there is no checkpoint at {ckpt_path}")
@@ -179,19 +175,31 @@ def main(argv=None):
             sys.exit(f"error: {ckpt_path} was made with a different model config ({changes})")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        step, total_steps = saved["step"], args.steps or saved["total_steps"]
-        history, evaluations = saved["history"], saved["evaluations"]
+        step, history, evaluations = saved["step"], saved["history"], saved["evaluations"]
+        budgeted = args.steps is None and saved.get("budgeted", saved["total_steps"] is None)
+        total_steps = args.steps or saved["total_steps"]  # a time budget re-plans it below
+        spent, progress, last_eval = saved.get("train_seconds", 0.0), saved.get("lr_progress", 0.0), saved.get("last_eval", step)
         torch.set_rng_state(saved["rng"]["torch"].cpu())
         random.setstate(saved["rng"]["python"])
         if main_process:
-            print(f"resumed {ckpt_path} at step {step} of {total_steps}")
+            print(f"resumed {ckpt_path} at step {step} of {total_steps or 'a time budget'}")
+
+    # lr: warm-up over a fixed number of steps, then a cosine over the steps planned (schedule.py);
+    # with a time budget the number of steps is planned from this session's own timed steps
+    warmup = args.warmup if args.warmup is not None else (round(0.05 * args.steps) if args.steps else 30)
+    schedule = Schedule(args.lr, warmup, args.min_lr_ratio)
+    schedule.progress = progress
+    clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
+    budget = TimeBudget(args.minutes * 60 if budgeted else None, clock, spent=spent)
 
     def save(reason):
         if main_process:
             rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
             save_checkpoint(ckpt_path, model, tokenizer, optimizer=optimizer.state_dict(), step=step,
                             total_steps=total_steps, history=history, evaluations=evaluations, rng=rng,
-                            args={k: str(v) for k, v in vars(args).items()}, reason=reason)  # fmt: skip
+                            budgeted=budgeted, train_seconds=budget.spent(), lr_progress=schedule.progress,
+                            last_eval=last_eval, args={k: str(v) for k, v in vars(args).items()}, reason=reason)  # fmt: skip
+            write_history(args.out / "history.json", history, evaluations)
         return step
 
     trained = torch.compile(model) if compile_model else model
@@ -234,89 +242,118 @@ def main(argv=None):
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     args.out.mkdir(parents=True, exist_ok=True)
     last_saved = save("start") if not args.resume else step
-    start_time = time.time()
-    # with --minutes the schedule's length is planned after timing steps 2-21 (fewer: noisy), then
-    # re-planned after every step from the mean step time so far: a machine that slows down
-    # mid-run shortens the schedule instead of overrunning the budget
-    planning, timing_steps, eval_seconds = total_steps is None, 21, 0.0
-    bar = tqdm(total=total_steps or None, initial=step, disable=not main_process, dynamic_ncols=True,
-               desc=f"training CoCa-{args.size}")  # fmt: skip
+    progress_report = Progress(total_steps, step, f"training CoCa-{args.size}", enabled=main_process)
+    budget.not_training()  # the clock starts now, after loading and the first save
     trained.train()
     while total_steps is None or step < total_steps:
-        t0 = time.time()
+        t0 = time.monotonic()
         step_batches = [[t.to(device, non_blocking=True) for t in next_batch()] for _ in range(args.accum)]
-        step_tokens = D.step_token_count([tokens for _, tokens in step_batches], config.pad_id)  # all ranks'
-        logged = {"loss": 0.0, "contrastive": 0.0, "caption": 0.0}  # means over the micro-batches
-        for micro, (images, tokens) in enumerate(step_batches):
-            with autocast:
-                outputs = trained(images, tokens)
-            losses = D.global_coca_loss(outputs, tokens, config.pad_id, args.caption_weight, args.contrastive_weight,
-                                        step_tokens, args.accum)  # fmt: skip
-            if args.nan_at_step == step + 1:
-                losses["loss"] = losses["loss"] * float("nan")
-            now = D.mean_over_ranks({**losses, "stop": torch.tensor(float(stop_requested), device=device)})
-            if not math.isfinite(now["loss"]):
-                bar.close()
-                sys.exit(f"stopping: the loss is {now['loss']} at step {step + 1} (contrastive "
-                         f"{now['contrastive']:.4g}, caption {now['caption']:.4g}); the model was not "
-                         f"updated with it. The last good checkpoint is {ckpt_path} (step {last_saved}).")  # fmt: skip
-            for key in ("loss", "contrastive", "caption"):
-                logged[key] += now[key] / args.accum
-            logged["stop"] = now["stop"]
-            sync = trained.no_sync() if world > 1 and micro < args.accum - 1 else nullcontext()
-            with sync:
-                (losses["loss"] / args.accum).backward()
+        if args.nan_at_step == step + 1:
+            step_batches[0][0] = step_batches[0][0] * float("nan")  # NaN pixels: a NaN loss, for the tests
+        losses = D.forward_backward(trained, step_batches, config.pad_id, args.caption_weight,
+                                    args.contrastive_weight, autocast)  # fmt: skip
+        logged = D.mean_over_ranks({**losses, "stop": torch.tensor(float(stop_requested), device=device)})
+        if not math.isfinite(logged["loss"]):
+            progress_report.close()
+            sys.exit(f"stopping: the loss is {logged['loss']} at step {step + 1} (contrastive "
+                     f"{logged['contrastive']:.4g}, caption {logged['caption']:.4g}); the model was not "
+                     f"updated with it. The last good checkpoint is {ckpt_path} (step {last_saved}).")  # fmt: skip
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item()
         if not math.isfinite(grad_norm):  # finite loss, infinite gradient: do not step with it
-            bar.close()
+            progress_report.close()
             sys.exit(f"stopping: the gradient norm is {grad_norm} at step {step + 1}; the model was not updated "
                      f"with it. The last good checkpoint is {ckpt_path} (step {last_saved}).")  # fmt: skip
-        lr = lr_at(step, args, total_steps or 1000)  # before the time budget is measured: 1000
+        lr = schedule.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        model.clamp_logit_scale_()  # s = 1/σ <= 100, on the parameter (a clamp in forward has no gradient)
         step += 1
         history.append({"step": step, "lr": lr, **{k: logged[k] for k in ("loss", "contrastive", "caption")}})
-        if step == 1:
-            first_step_done = time.time()  # the first step is slow (allocation, warm-up): not timed
-        if planning and step >= timing_steps:  # time budget -> number of steps (evaluation not counted)
-            per_step = (time.time() - first_step_done - eval_seconds) / (step - 1)
-            left = args.minutes * 60 - (time.time() - start_time - eval_seconds)
-            budget = torch.tensor(step + max(0, int(left / per_step)))
-            if world > 1:  # every rank must run the same number of steps: rank 0's estimate
-                torch.distributed.broadcast(budget, src=0)
-            total_steps = int(budget)
-            bar.total = total_steps
-        rate = args.batch_size / max(time.time() - t0, 1e-9)
-        bar.set_postfix(loss=f"{logged['loss']:.3f}", con=f"{logged['contrastive']:.3f}",
-                        cap=f"{logged['caption']:.3f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.0f}")  # fmt: skip
-        bar.update(1)
-        eval_every = args.eval_every or max(1, (total_steps or 10**9) // 4)
-        if logged["stop"] > 0 or step % eval_every == 0 or step == total_steps:
-            eval_start = time.time()
-            if main_process and val_set is not None and step % eval_every == 0:
+        planned = budget.step_done(step)
+        if planned is not None:  # every rank must run the same number of steps: rank 0's plan
+            total_steps = D.broadcast_int(planned)
+        schedule.advance(step, total_steps)
+        rate = args.batch_size / max(time.monotonic() - t0, 1e-9)
+        progress_report.update(step, total_steps, loss=logged["loss"], con=logged["contrastive"],
+                               cap=logged["caption"], lr=lr, pairs_s=rate)  # fmt: skip
+        stopping, finished = logged["stop"] > 0, step == total_steps
+        if stopping or finished or evaluation_due(step, total_steps, last_eval, args.eval_every):
+            if main_process and val_set is not None and not stopping:
                 figures = evaluate_during_training(model, tokenizer, val_set, args, config)
                 evaluations.append({"step": step, **figures})
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
-            last_saved = save("interrupted" if logged["stop"] > 0 else "periodic")
+                progress_report.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+            last_eval = step
+            last_saved = save("interrupted" if stopping else "periodic")
             if main_process:
                 plot_training(history, evaluations, args.out)
-            if world > 1:
-                torch.distributed.barrier()
-            eval_seconds += time.time() - eval_start
-            if logged["stop"] > 0:
-                bar.close()
+            D.barrier()
+            budget.not_training()  # evaluating and saving is not training time
+            if stopping:
+                progress_report.close()
                 if main_process:
                     print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume")
                 signal.signal(signal.SIGINT, previous_handler)
                 D.cleanup()
                 return
-    bar.close()
+    progress_report.close()
     signal.signal(signal.SIGINT, previous_handler)
     if main_process:
-        final_report(model, tokenizer, val_set, args, config, time.time() - start_time, step)
+        final_report(model, tokenizer, val_set, args, config, budget.spent(), step)
     D.cleanup()
+
+
+def evaluation_due(step, total_steps, last_eval, every=0):
+    """Evaluate (and save) every `every` steps, or with every=0 at the quarters of the planned
+    steps: when a quarter k·T/4 lies after the last evaluation and at or before this step (a
+    re-planned T moves the quarters; before the plan there are none). The last step always."""
+    if every:
+        return step % every == 0
+    if total_steps is None:
+        return False
+    return any(last_eval < k * total_steps // 4 <= step for k in (1, 2, 3))
+
+
+def write_history(path, history, evaluations):
+    """history.json: one row per step (loss, contrastive, caption, lr) and the evaluations, for
+    plotting a run without loading the checkpoint."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({"history": history, "evaluations": evaluations}) + "\n")
+    os.replace(temporary, path)
+
+
+class Progress:
+    """Training progress: a tqdm bar in a terminal; elsewhere (a file, a CI log), where a bar
+    leaves thousands of carriage-return fragments, one plain line every `every` seconds and at
+    the last step."""
+
+    def __init__(self, total, initial, desc, enabled=True, every=10.0):
+        self.tty, self.enabled, self.every, self.desc = sys.stderr.isatty(), enabled, every, desc
+        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True) if enabled and self.tty else None
+        self.last_line = time.monotonic()
+
+    def update(self, step, total, **figures):
+        text = {k: f"{v:.3f}" if k != "lr" else f"{v:.2e}" for k, v in figures.items()}
+        text["pairs_s"] = f"{figures['pairs_s']:.0f}"
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.set_postfix(text, refresh=False)
+            self.bar.update(1)
+        elif self.enabled and (time.monotonic() - self.last_line >= self.every or step == total):
+            self.last_line = time.monotonic()
+            print(f"{self.desc}: step {step}/{total or '?'}  " + "  ".join(f"{k} {v}" for k, v in text.items()),
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def write(self, line):
+        if self.bar is not None:
+            self.bar.write(line)
+        elif self.enabled:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def ignore_ctrl_c(worker_id):
@@ -328,7 +365,7 @@ def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
     """Evaluate on the test splits (tiny) or the validation set (real data); print a table and
     write report.json (and the zero-shot confusion matrix for the tiny set)."""
     model.eval()
-    t0 = time.time()
+    t0 = time.monotonic()
     if args.data == "tiny":
         report, (scores, labels) = tiny_report(model, tokenizer, limit=args.eval_images)
         plot_confusion(scores, labels, TINY_CLASSES, args.out / "confusion.png")
@@ -336,7 +373,7 @@ def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
         report = {"val": {**evaluate_retrieval(model, val_set), **evaluate_captions(model, val_set)[0]}}
     else:
         report = {}
-    report["run"] = {"steps": step, "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.time() - t0, 1),
+    report["run"] = {"steps": step, "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.monotonic() - t0, 1),
                      "parameters": sum(p.numel() for p in model.parameters()), "size": args.size}  # fmt: skip
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))

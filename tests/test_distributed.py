@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from coca_min import CoCa, CoCaConfig
-from coca_min.distributed import global_coca_loss, mean_over_ranks, step_token_count
+from coca_min.distributed import forward_backward, global_coca_loss, mean_over_ranks, step_token_count
 from coca_min.losses import coca_loss
 from conftest import make_tokens
 
@@ -33,15 +33,19 @@ def micro():
     return model, images, tokens
 
 
-def worker(rank, world, port, result_file):
+def worker(rank, world, port, result_file, accum):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model, images, tokens = micro()
     ddp = DistributedDataParallel(model)
     shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-    losses = global_coca_loss(ddp(images[shard], tokens[shard]), tokens[shard], pad_id=0)
-    losses["loss"].backward()  # DDP averages the gradients over ranks
+    if accum == 1:
+        losses = global_coca_loss(ddp(images[shard], tokens[shard]), tokens[shard], pad_id=0)
+        losses["loss"].backward()  # DDP averages the gradients over ranks
+    else:  # as train.py does: this rank's shard as `accum` micro-batches, one optimizer step
+        parts = [(i, t) for i, t in zip(images[shard].chunk(accum), tokens[shard].chunk(accum))]
+        losses = forward_backward(ddp, parts, pad_id=0)
     logged = mean_over_ranks(losses)
     if rank == 0:
         torch.save((logged, {n: p.grad for n, p in model.named_parameters()}), result_file)
@@ -55,12 +59,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_distributed_loss_and_gradients_equal_single_process(world, tmp_path):
+@pytest.mark.parametrize("world, accum", [(2, 1), (4, 1), (2, 2)])
+def test_distributed_loss_and_gradients_equal_single_process(world, accum, tmp_path):
     model, images, tokens = micro()
     expected = coca_loss(model(images, tokens), tokens, pad_id=0)
     expected["loss"].backward()
-    mp.start_processes(worker, args=(world, free_port(), tmp_path / "rank0.pt"), nprocs=world, start_method="spawn")
+    args = (world, free_port(), tmp_path / "rank0.pt", accum)
+    mp.start_processes(worker, args=args, nprocs=world, start_method="spawn")
     logged, grads = torch.load(tmp_path / "rank0.pt")
     for key in ["loss", "contrastive", "caption"]:
         assert logged[key] == pytest.approx(expected[key].item(), abs=1e-6), key
@@ -68,21 +73,20 @@ def test_distributed_loss_and_gradients_equal_single_process(world, tmp_path):
         torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=0, msg=name)
 
 
-def test_accumulated_caption_loss_is_the_token_mean_of_the_whole_step():
-    model, images, tokens = micro()  # 8 captions of different lengths
-    whole = coca_loss(model(images, tokens), tokens, pad_id=0, caption_weight=1.0, contrastive_weight=0.0)
+@pytest.mark.parametrize("split", [[3, 5], [2, 2, 2, 2]])
+def test_accumulated_gradient_equals_the_full_batch_gradient(split):
+    # float64. The micro-batches hold different numbers of real caption tokens (a mean of their
+    # means would be wrong), and each image's negatives are all 8 texts, not its micro-batch's
+    model, images, tokens = micro()
+    whole = coca_loss(model(images, tokens), tokens, pad_id=0)
     whole["loss"].backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    # two micro-batches holding 12 and 22 real target tokens: a mean of their means would be wrong
-    parts = [(images[:3], tokens[:3]), (images[3:], tokens[3:])]
-    step_tokens = step_token_count([t for _, t in parts], pad_id=0)
-    assert step_tokens == (tokens[:, 1:] != 0).sum()
-    caption = 0.0
-    for part_images, part_tokens in parts:  # as train.py does with --accum 2
-        losses = global_coca_loss(model(part_images, part_tokens), part_tokens, 0, 1.0, 0.0, step_tokens, 2)
-        (losses["loss"] / 2).backward()
-        caption += losses["caption"].item() / 2
-    assert caption == pytest.approx(whole["caption"].item(), abs=1e-12)
+    parts = list(zip(images.split(split), tokens.split(split)))
+    assert step_token_count([t for _, t in parts], pad_id=0) == (tokens[:, 1:] != 0).sum()
+    logged = forward_backward(model, parts, pad_id=0)
+    for key in ["loss", "contrastive", "caption"]:
+        assert logged[key].item() == pytest.approx(whole[key].item(), abs=1e-12), key
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[name], atol=1e-12, rtol=0, msg=name)
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=0, msg=name)
+    assert max((p.grad - expected[n]).abs().max().item() for n, p in model.named_parameters()) < 1e-12
