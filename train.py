@@ -164,7 +164,7 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=on_gpu)
     ckpt_path = args.out / "ckpt.pt"
     step, total_steps, history, evaluations = 0, args.steps, [], []
-    budgeted, spent, progress, last_eval = args.steps is None, 0.0, 0.0, 0
+    run = {"budgeted": args.steps is None, "train_seconds": 0.0, "lr_progress": 0.0, "last_eval": 0, "warmup": None}
     if args.resume:
         if not ckpt_path.is_file():
             sys.exit(f"error: --resume, but there is no checkpoint at {ckpt_path}")
@@ -176,9 +176,9 @@ def main(argv=None):
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         step, history, evaluations = saved["step"], saved["history"], saved["evaluations"]
-        budgeted = args.steps is None and saved.get("budgeted", saved["total_steps"] is None)
         total_steps = args.steps or saved["total_steps"]  # a time budget re-plans it below
-        spent, progress, last_eval = saved.get("train_seconds", 0.0), saved.get("lr_progress", 0.0), saved.get("last_eval", step)
+        run.update({key: saved[key] for key in run if key in saved})  # budget, schedule, evaluations
+        run["budgeted"] = run["budgeted"] and args.steps is None  # --steps N ends a time budget
         torch.set_rng_state(saved["rng"]["torch"].cpu())
         random.setstate(saved["rng"]["python"])
         if main_process:
@@ -186,19 +186,22 @@ def main(argv=None):
 
     # lr: warm-up over a fixed number of steps, then a cosine over the steps planned (schedule.py);
     # with a time budget the number of steps is planned from this session's own timed steps
-    warmup = args.warmup if args.warmup is not None else (round(0.05 * args.steps) if args.steps else 30)
+    default_warmup = round(0.05 * args.steps) if args.steps else 30  # 5% of the steps; 30 with a time budget
+    warmup = next(w for w in [args.warmup, run["warmup"], default_warmup] if w is not None)  # a resume keeps its own
     schedule = Schedule(args.lr, warmup, args.min_lr_ratio)
-    schedule.progress = progress
+    schedule.progress = run["lr_progress"]
     clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
-    budget = TimeBudget(args.minutes * 60 if budgeted else None, clock, spent=spent)
+    budget = TimeBudget(args.minutes * 60 if run["budgeted"] else None, clock, spent=run["train_seconds"])
+    last_eval = run["last_eval"]
 
     def save(reason):
         if main_process:
             rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
             save_checkpoint(ckpt_path, model, tokenizer, optimizer=optimizer.state_dict(), step=step,
                             total_steps=total_steps, history=history, evaluations=evaluations, rng=rng,
-                            budgeted=budgeted, train_seconds=budget.spent(), lr_progress=schedule.progress,
-                            last_eval=last_eval, args={k: str(v) for k, v in vars(args).items()}, reason=reason)  # fmt: skip
+                            budgeted=run["budgeted"], train_seconds=budget.spent(), lr_progress=schedule.progress,
+                            warmup=warmup, last_eval=last_eval, args={k: str(v) for k, v in vars(args).items()},
+                            reason=reason)  # fmt: skip
             write_history(args.out / "history.json", history, evaluations)
         return step
 
