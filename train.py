@@ -164,7 +164,7 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=on_gpu)
     ckpt_path = args.out / "ckpt.pt"
     step, total_steps, history, evaluations = 0, args.steps, [], []
-    run = {"budgeted": args.steps is None, "train_seconds": 0.0, "lr_progress": 0.0, "last_eval": 0, "warmup": None}
+    run = {"budgeted": args.steps is None, "train_seconds": 0.0, "lr_progress": 0.0, "quarters_done": 0, "warmup": None}
     if args.resume:
         if not ckpt_path.is_file():
             sys.exit(f"error: --resume, but there is no checkpoint at {ckpt_path}")
@@ -192,7 +192,7 @@ def main(argv=None):
     schedule.progress = run["lr_progress"]
     clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
     budget = TimeBudget(args.minutes * 60 if run["budgeted"] else None, clock, spent=run["train_seconds"])
-    last_eval = run["last_eval"]
+    quarters_done = run["quarters_done"]  # quarters of the plan evaluated at
 
     def save(reason):
         if main_process:
@@ -200,7 +200,7 @@ def main(argv=None):
             save_checkpoint(ckpt_path, model, tokenizer, optimizer=optimizer.state_dict(), step=step,
                             total_steps=total_steps, history=history, evaluations=evaluations, rng=rng,
                             budgeted=run["budgeted"], train_seconds=budget.spent(), lr_progress=schedule.progress,
-                            warmup=warmup, last_eval=last_eval, args={k: str(v) for k, v in vars(args).items()},
+                            warmup=warmup, quarters_done=quarters_done, args={k: str(v) for k, v in vars(args).items()},
                             reason=reason)  # fmt: skip
             write_history(args.out / "history.json", history, evaluations)
         return step
@@ -281,13 +281,16 @@ def main(argv=None):
         rate = args.batch_size / max(time.monotonic() - t0, 1e-9)
         progress_report.update(step, total_steps, loss=logged["loss"], con=logged["contrastive"],
                                cap=logged["caption"], lr=lr, pairs_s=rate)  # fmt: skip
+        # evaluate every --eval-every steps, or at each quarter of the plan (once each: a re-plan
+        # moves the quarters still ahead), and at the last step
         stopping, finished = logged["stop"] > 0, step == total_steps
-        if stopping or finished or evaluation_due(step, total_steps, last_eval, args.eval_every):
+        quarter_due = not args.eval_every and quarters_passed(step, total_steps) > quarters_done
+        if stopping or finished or quarter_due or (args.eval_every and step % args.eval_every == 0):
             if main_process and val_set is not None and not stopping:
                 figures = evaluate_during_training(model, tokenizer, val_set, args, config)
                 evaluations.append({"step": step, **figures})
                 progress_report.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
-            last_eval = step
+            quarters_done = max(quarters_done, quarters_passed(step, total_steps))
             last_saved = save("interrupted" if stopping else "periodic")
             if main_process:
                 plot_training(history, evaluations, args.out)
@@ -307,15 +310,10 @@ def main(argv=None):
     D.cleanup()
 
 
-def evaluation_due(step, total_steps, last_eval, every=0):
-    """Evaluate (and save) every `every` steps, or with every=0 at the quarters of the planned
-    steps: when a quarter k·T/4 lies after the last evaluation and at or before this step (a
-    re-planned T moves the quarters; before the plan there are none). The last step always."""
-    if every:
-        return step % every == 0
-    if total_steps is None:
-        return False
-    return any(last_eval < k * total_steps // 4 <= step for k in (1, 2, 3))
+def quarters_passed(step, total_steps):
+    """How many of the quarters T/4, T/2, 3T/4 of the planned steps T lie at or before `step`
+    (none before there is a plan)."""
+    return 0 if total_steps is None else sum(k * total_steps // 4 <= step for k in (1, 2, 3))
 
 
 def write_history(path, history, evaluations):

@@ -16,6 +16,7 @@ import torch
 import train
 from coca_min import PRESETS, CoCa
 from coca_min.checkpoint import load_checkpoint, read_checkpoint
+from coca_min.schedule import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--batch-size", "16", "--eval-images", "24", "--threads", "2"]
@@ -82,6 +83,21 @@ def test_time_budget_plans_a_continuous_schedule_evaluated_at_its_quarters(tmp_p
     assert [e["step"] for e in saved["evaluations"]] == [21, 42, 63, 84]  # the quarters of 84
     err = capsys.readouterr().err  # not a terminal: plain progress lines, no progress-bar redraws
     assert "\r" not in err and "training CoCa-tiny: step 84/84  loss" in err
+
+
+def test_a_plan_that_grows_evaluates_each_quarter_once(tmp_path, monkeypatch):
+    # seen on a real run: the machine sped up, the plan grew from 1,068 to 1,128 steps and moved
+    # each quarter just past the evaluation made for it, which then ran again (8 evaluations)
+    class SpeedingUpClock(FakeClock):
+        def __call__(self):
+            self.tick = 0.25 if self.now < 8 else 0.1  # 0.25 s steps, then 0.1 s steps
+            return super().__call__()
+
+    monkeypatch.setattr(train, "FakeClock", SpeedingUpClock)
+    saved = run(tmp_path, "--minutes", 0.2, "--fake-step-seconds", 0.25)
+    assert saved["step"] == saved["total_steps"] > 60  # the plan did grow past the first 48 steps
+    evaluated = [e["step"] for e in saved["evaluations"]]
+    assert len(evaluated) == 4 and evaluated[-1] == saved["step"], evaluated
 
 
 def test_resumed_time_budget_plans_from_its_own_steps(tmp_path):
