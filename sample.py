@@ -68,8 +68,10 @@ def main():
     torch.manual_seed(args.seed)
 
     if args.query:
-        if not args.folder or not Path(args.folder).is_dir():
-            sys.exit(f"error: --query needs --folder with images; not a folder: {args.folder}")
+        if not args.folder:
+            sys.exit("error: --query needs --folder DIR, a folder of images to search")
+        if not Path(args.folder).is_dir():
+            sys.exit(f"error: --folder: not a folder: {args.folder}")
         files = sorted(f for f in Path(args.folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             sys.exit(f"error: no image files in {args.folder}")
@@ -89,6 +91,7 @@ def main():
             image_emb, _ = model.encode_image(images)
             text_emb, _ = model.encode_text(tokenizer.encode_batch(args.classes, model.config.context_length).to(args.device))
             probs = (model.log_logit_scale.exp() * image_emb @ text_emb.T).softmax(dim=-1)
+        print("zero-shot: softmax over the given prompts only (shares of 100%, not how well each fits)")
         for path, row in zip(args.image, probs):
             print(f"{path}:")
             for name, prob in sorted(zip(args.classes, row.tolist()), key=lambda x: -x[1]):

@@ -39,8 +39,17 @@ from coca_min.schedule import FakeClock, Schedule, TimeBudget
 from coca_min.tokenizer import Tokenizer
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default once: argparse's, unless the help text states its own."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     p.add_argument("--size", default="tiny", choices=list(PRESETS), help="model preset")
     p.add_argument("--data", default="tiny", help="'tiny', or a manifest (.jsonl/.csv) or COCO caption .json")
     p.add_argument("--images", help="image folder of --data (and of --val-data)")
@@ -53,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--image-lr-scale", type=float, default=1.0, help="the image encoder's lr / --lr")
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="final lr / peak lr (cosine decay)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default: 5%% of --steps; 30 with a time budget)")
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (matrices only)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--caption-weight", type=float, default=2.0, help="λ_cap")
     p.add_argument("--contrastive-weight", type=float, default=1.0, help="λ_con")
@@ -64,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-images", type=int, help="evaluate on at most N images per split (quick checks)")
     p.add_argument("--out", help="output folder (default: out/SIZE)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model, data order and crops")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, …")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU only)")
@@ -181,7 +190,9 @@ def main(argv=None):
         run["budgeted"] = run["budgeted"] and args.steps is None  # --steps N ends a time budget
         torch.set_rng_state(saved["rng"]["torch"].cpu())
         random.setstate(saved["rng"]["python"])
-        if main_process:
+        if main_process and total_steps is not None and step >= total_steps:
+            print(f"{ckpt_path} is a finished run ({step} steps); evaluating it again (--steps N trains on to N)")
+        elif main_process:
             print(f"resumed {ckpt_path} at step {step} of {total_steps or 'a time budget'}")
 
     # lr: warm-up over a fixed number of steps, then a cosine over the steps planned (schedule.py);
@@ -289,7 +300,7 @@ def main(argv=None):
             if main_process and val_set is not None and not stopping:
                 figures = evaluate_during_training(model, tokenizer, val_set, args, config)
                 evaluations.append({"step": step, **figures})
-                progress_report.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+                progress_report.write(f"step {step} (validation subset): " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
             quarters_done = max(quarters_done, quarters_passed(step, total_steps))
             last_saved = save("interrupted" if stopping else "periodic")
             if main_process:
@@ -377,7 +388,10 @@ def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
     report["run"] = {"steps": step, "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.monotonic() - t0, 1),
                      "parameters": sum(p.numel() for p in model.parameters()), "size": args.size}  # fmt: skip
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))
+    what = ("whole test splits; zero-shot on `classes`; hard negatives on 500 test images" if args.data == "tiny"
+            else f"{args.val_data}" if val_set is not None else "no evaluation set")  # fmt: skip
+    print(f"\nfinal report ({what}):")
+    print(f"{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))
     rows = sorted({k for split, r in report.items() if split != "run" for k, v in r.items() if isinstance(v, float)})
     for key in rows:
         print(f"{key:<24}" + "".join(f"{r[key]:>13.3f}" if key in r else f"{'':>13}" for s, r in report.items() if s != "run"))

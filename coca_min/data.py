@@ -20,6 +20,7 @@ flip would turn "left" into "right" in the captions).
 
 import csv
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -146,7 +147,8 @@ class ImageFiles(CaptionDataset):
     """
 
     def __init__(self, paths, captions, tokenizer, image_size, context_length, train, strict, seed=0):
-        checking = tqdm(paths, desc="checking images", disable=len(paths) < 5000, leave=False)
+        quiet = len(paths) < 5000 or not sys.stderr.isatty()  # a bar only in a terminal, not in a log
+        checking = tqdm(paths, desc="checking images", disable=quiet, leave=False)
         problems = [_unreadable(path) for path in checking]  # None where the file is fine
         bad = [f"{path} ({why})" for path, why in zip(paths, problems) if why]
         _skip_or_raise(bad, len(paths), "images that cannot be read", strict)

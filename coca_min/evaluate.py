@@ -15,6 +15,7 @@ bar for long sets. Metrics themselves are in `metrics.py`. Left out: attentive p
 fine-tuning (they train), video.
 """
 
+import sys
 import warnings
 
 import torch
@@ -42,7 +43,8 @@ def image_batches(dataset, batch_size=256, desc="images"):
     captions would then be scored against the wrong picture): one warning at the end counts
     them. A `strict` data set raises instead."""
     starts, left_out = range(0, len(dataset), batch_size), []
-    for start in tqdm(starts, desc=desc, disable=len(starts) < 8, leave=False):
+    quiet = len(starts) < 8 or not sys.stderr.isatty()  # a bar only in a terminal: in a log it is \r fragments
+    for start in tqdm(starts, desc=desc, disable=quiet, leave=False):
         indices = list(range(start, min(start + batch_size, len(dataset))))
         if hasattr(dataset, "images"):  # the tiny set decodes a whole batch at once, in memory
             yield dataset.images(indices), torch.tensor(indices)

@@ -100,3 +100,9 @@ def test_evaluation_leaves_an_unreadable_image_out_and_never_scores_another_in_i
     (folder / "3.png").write_bytes(b"broken too")
     with pytest.raises(OSError, match=r"could not decode .*3\.png"):
         evaluate_retrieval(tiny, strict)
+
+
+def test_evaluation_shows_no_progress_bar_outside_a_terminal(tiny, capsys):
+    # ten batches would draw a bar in a terminal; in a log file or CI a bar is \r fragments
+    evaluate_captions(tiny, TinyShapes("val", limit=10), batch_size=1, max_new=2)
+    assert "\r" not in capsys.readouterr().err

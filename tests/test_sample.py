@@ -65,7 +65,8 @@ def test_sample_captions_images(monkeypatch, capsys, checkpoint):
 def test_sample_zero_shot_and_search(monkeypatch, capsys, checkpoint):
     out = run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--image", checkpoint / "image0.png",
                      "--classes", "a red circle", "a blue square", "a green cross")  # fmt: skip
-    percents = [float(line.split("%")[0]) for line in out.splitlines()[1:]]
+    assert out.splitlines()[0].startswith("zero-shot: softmax over the given prompts only")
+    percents = [float(line.split("%")[0]) for line in out.splitlines()[2:]]
     assert len(percents) == 3 and sum(percents) == pytest.approx(100, abs=0.2)
     moved = checkpoint / "search"
     moved.mkdir(exist_ok=True)
