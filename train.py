@@ -31,7 +31,8 @@ from tqdm import tqdm
 from coca_min import PRESETS, CoCa, CoCaConfig, shapes
 from coca_min import distributed as D
 from coca_min.checkpoint import read_checkpoint, save_checkpoint
-from coca_min.data import CaptionManifest, CocoCaptions, TinyShapes, collate
+from coca_min.data import TinyShapes, collate
+from coca_min.image_files import CaptionManifest, CocoCaptions
 from coca_min.losses import coca_loss
 from coca_min.evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
 from coca_min.plots import plot_training
@@ -199,8 +200,7 @@ def main(argv=None):
     # with a time budget the number of steps is planned from this session's own timed steps
     default_warmup = round(0.05 * args.steps) if args.steps else 30  # 5% of the steps; 30 with a time budget
     warmup = next(w for w in [args.warmup, run["warmup"], default_warmup] if w is not None)  # a resume keeps its own
-    schedule = Schedule(args.lr, warmup, args.min_lr_ratio)
-    schedule.progress = run["lr_progress"]
+    schedule = Schedule(args.lr, warmup, args.min_lr_ratio, progress=run["lr_progress"])
     clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
     budget = TimeBudget(args.minutes * 60 if run["budgeted"] else None, clock, spent=run["train_seconds"])
     quarters_done = run["quarters_done"]  # quarters of the plan evaluated at

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checkpoint import unwrap
 from .losses import caption_loss, coca_loss, contrastive_loss
 
 
@@ -98,7 +99,6 @@ def broadcast_int(value: int, src=0) -> int:
     if not is_distributed():
         return int(value)
     tensor = torch.tensor(int(value), device=device())
-    _on_group_device(tensor)
     dist.broadcast(tensor, src=src)
     return int(tensor.item())
 
@@ -180,8 +180,7 @@ def forward_backward(model, batches, pad_id, caption_weight=2.0, contrastive_wei
     micro-batch j only through those rows, and the scale s enters each pass whole (so only the
     last pass lets its gradient through): the A backward passes add up to exactly ∇L. A
     micro-batches cost one more forward of the two encoders, and see all A·b·W negatives."""
-    plain = getattr(model, "module", model)  # inside DDP
-    plain = getattr(plain, "_orig_mod", plain)  # inside torch.compile
+    plain = unwrap(model)  # the CoCa inside DDP / torch.compile: its encoders for the first pass
     step_tokens = step_token_count([tokens for _, tokens in batches], pad_id)
     if len(batches) > 1:
         with torch.no_grad(), autocast:

@@ -54,6 +54,8 @@ def image_batches(dataset, batch_size=256, desc="images"):
         kept = [(i, item[0]) for i, item in zip(indices, items) if item is not None]
         if kept:
             yield torch.stack([image for _, image in kept]), torch.tensor([i for i, _ in kept])
+    if left_out and len(left_out) == len(dataset):
+        raise ValueError(f"none of the {len(dataset)} images of this data set could be read")
     if left_out:
         names = [str(dataset.paths[i]) if hasattr(dataset, "paths") else f"item {i}" for i in left_out]
         more = f" and {len(names) - 3} more" if len(names) > 3 else ""
@@ -69,8 +71,6 @@ def embed_images(model, dataset, batch_size=256):
     for images, indices in image_batches(dataset, batch_size):
         embeddings.append(model.encode_image(images.to(device))[0].float())
         kept.append(indices)
-    if not embeddings:
-        raise ValueError(f"none of the {len(dataset)} images of this data set could be read")
     return torch.cat(embeddings), torch.cat(kept)
 
 
@@ -166,8 +166,6 @@ def evaluate_captions(model, dataset, batch_size=128, **decoding):
         for i, text in zip(indices.tolist(), caption(model, dataset.tokenizer, images.to(device), **decoding)):
             generated[i] = text
     kept = [i for i, text in enumerate(generated) if text is not None]
-    if not kept:
-        raise ValueError(f"none of the {len(dataset)} images of this data set could be read")
     texts, references = [generated[i] for i in kept], [dataset.captions[i] for i in kept]
     out = {f"BLEU-{n + 1}": v for n, v in enumerate(bleu(texts, references))}
     out["CIDEr-D"] = cider_d(texts, references)

@@ -129,7 +129,6 @@ def beam_search(step, reorder, tokens, num_beams, max_new, min_new=0, length_pen
     scores = scores.view(-1)  # (B K,) summed log-probabilities of the live captions
     best_tokens = torch.full((B, P + max_new), pad_id, device=device)  # finished: [BOS] … [EOS] [PAD]…
     best_scores = torch.full((B,), float("-inf"), device=device)  # -inf: none finished yet
-    best_lengths = torch.zeros(B, dtype=torch.long, device=device)
     image = torch.arange(B, device=device)
     for i in range(max_new):  # live captions hold i generated tokens
         log_probs = next_log_probs(step, tokens, i, min_new, eos_id, pad_id, bos_id)  # (B K, V)
@@ -143,7 +142,6 @@ def beam_search(step, reorder, tokens, num_beams, max_new, min_new=0, length_pen
             best_tokens[better, P + i :] = pad_id
             best_tokens[better, P + i] = eos_id
             best_scores = torch.where(better, ended, best_scores)
-            best_lengths = torch.where(better, P + i + 1, best_lengths)
         candidates[:, eos_id] = float("-inf")  # the beam: the K best captions that go on
         top = candidates.view(B, K * V).topk(K, dim=-1)  # (B, K) over beams x tokens
         rows = (image[:, None] * K + top.indices // V).view(-1)
@@ -161,8 +159,8 @@ def beam_search(step, reorder, tokens, num_beams, max_new, min_new=0, length_pen
         live, beam = scores.view(B, K).max(dim=1)  # (B,) all live captions have the same length
         best_tokens[cut_off, : tokens.shape[1]] = tokens[image * K + beam][cut_off]
         best_scores = torch.where(cut_off, live / (tokens.shape[1] - P) ** length_penalty, best_scores)
-        best_lengths = torch.where(cut_off, tokens.shape[1], best_lengths)
-    return best_tokens[:, : int(best_lengths.max())], best_scores
+    width = int((best_tokens != pad_id).sum(1).max())  # the longest caption returned ([PAD] only after it)
+    return best_tokens[:, :width], best_scores
 
 
 @torch.inference_mode()

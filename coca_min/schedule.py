@@ -30,9 +30,9 @@ class Schedule:
     """Linear warm-up over `warmup` steps, then cosine decay to `min_ratio` · peak over the
     steps planned to remain (see the module docstring). State: the progress of the decay."""
 
-    def __init__(self, peak, warmup, min_ratio=0.05):
+    def __init__(self, peak, warmup, min_ratio=0.05, progress=0.0):
         self.peak, self.warmup, self.min_ratio = peak, warmup, min_ratio
-        self.progress = 0.0  # fraction of the decay done, 0 -> 1
+        self.progress = progress  # fraction of the decay done, 0 -> 1 (a resumed run's own)
 
     def lr(self, step):
         """The learning rate of optimizer step `step` (0-based)."""
@@ -60,7 +60,7 @@ class TimeBudget:
         self.seconds, self.clock, self.timing_steps = seconds, clock, timing_steps
         self.spent_before = spent  # training seconds of earlier sessions of a resumed run
         self.elapsed = 0.0  # training seconds of this session
-        self.steps, self.timed, self.timed_seconds = 0, 0, 0.0
+        self.steps, self.timed_seconds = 0, 0.0  # this session's; all but its first step are timed
         self.last = self.clock()
 
     def spent(self):
@@ -73,10 +73,11 @@ class TimeBudget:
         self.elapsed += duration
         self.steps += 1
         if self.steps > 1:  # the first step of a session allocates and compiles: not typical
-            self.timed, self.timed_seconds = self.timed + 1, self.timed_seconds + duration
-        if self.seconds is None or self.timed < self.timing_steps:
+            self.timed_seconds += duration
+        timed = self.steps - 1
+        if self.seconds is None or timed < self.timing_steps:
             return None
-        per_step = self.timed_seconds / self.timed  # (seconds) mean of this session's timed steps
+        per_step = self.timed_seconds / timed  # (seconds) mean of this session's timed steps
         return steps_done + max(0, int((self.seconds - self.spent()) / per_step))
 
     def not_training(self):

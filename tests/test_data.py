@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from coca_min import shapes
-from coca_min.data import (MEAN, STD, CaptionManifest, CocoCaptions, TinyShapes, collate,
-                           preprocess)  # fmt: skip
+from coca_min.data import MEAN, STD, TinyShapes, collate, preprocess
+from coca_min.image_files import CaptionManifest, CocoCaptions
 from coca_min.tokenizer import BOS, EOS, PAD, Tokenizer
 
 

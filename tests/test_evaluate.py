@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from coca_min import shapes
-from coca_min.data import CaptionManifest, TinyShapes
+from coca_min.data import TinyShapes
+from coca_min.image_files import CaptionManifest
 from coca_min.evaluate import (TINY_CLASSES, class_embeddings, evaluate_captions, evaluate_retrieval,
                                evaluate_tiny_zero_shot, likelihood_scores, object_scores, plot_confusion)  # fmt: skip
 
