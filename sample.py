@@ -8,73 +8,78 @@
     python sample.py --checkpoint … --query "a red circle" --folder images/          # search
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-from coca_min.checkpoint import load_checkpoint
-from coca_min.data import preprocess
-from coca_min.generate import caption
+from coca_min.cli import Parser, device_name, file_problem, folder_problem, ranged
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def load_image(path, size):
-    """An image file -> (3, size, size) normalised tensor, or a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        sys.exit(f"error: image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
-    except Exception as error:
-        sys.exit(f"error: cannot read image {path}: {error}")
-    return preprocess(pixels, size)
-
-
-def main():
-    p = argparse.ArgumentParser(description="Caption, classify and search images with a trained CoCa.")
+def parse_args(argv=None):
+    """The checked arguments; a wrong one, or a missing file, is one line before torch loads."""
+    p = Parser(prog="sample.py", description="Caption, classify and search images with a trained CoCa.")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
     p.add_argument("--image", nargs="+", default=[], help="image files to caption or classify")
     p.add_argument("--method", choices=["greedy", "beam", "sample"], default="greedy")
-    p.add_argument("--beams", type=int, default=4, help="beam search: number of beams")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length^this")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-k", type=int, default=None, help="sampling: keep the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sampling: nucleus probability")
-    p.add_argument("--min-length", type=int, default=0, help="fewest tokens before [EOS]")
-    p.add_argument("--max-length", type=int, default=None, help="most new tokens")
+    p.add_argument("--beams", type=ranged(int, minimum=1), default=4, help="beam search: number of beams")
+    p.add_argument("--length-penalty", type=ranged(float), default=1.0, help="beam search: score / length^this")
+    p.add_argument("--temperature", type=ranged(float, above=0), default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=ranged(int, minimum=0), default=None, help="sampling: keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=ranged(float, 0, 1), default=None, help="sampling: nucleus probability")
+    p.add_argument("--min-length", type=ranged(int, minimum=0), default=0, help="fewest tokens before [EOS]")
+    p.add_argument("--max-length", type=ranged(int, minimum=1), default=None, help="most new tokens")
     p.add_argument("--prompt", default="", help="text for every caption to continue")
     p.add_argument("--classes", nargs="+", help="zero-shot: class prompts to choose among")
     p.add_argument("--query", help="search: rank the images of --folder for this text")
     p.add_argument("--folder", help="search: a folder of images")
-    p.add_argument("--top", type=int, default=5, help="search: how many results to print")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
-    if not args.image and not args.query:
+    p.add_argument("--top", type=ranged(int, minimum=1), default=5, help="search: how many results to print")
+    p.add_argument("--seed", type=ranged(int, minimum=0), default=0)
+    p.add_argument("--device", type=device_name, default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, …")
+    args = p.parse_args(argv)
+    if problem := file_problem(args.checkpoint):
+        p.error(f"--checkpoint: {problem}")
+    if args.query is None and not args.image:
         p.error("give --image FILE … (to caption or classify) or --query TEXT --folder DIR (to search)")
+    if args.query is not None and args.image:
+        p.error("give --image FILE … (to caption or classify) or --query TEXT --folder DIR (to search), not both")
+    if args.query is not None and not args.folder:
+        p.error("--query needs --folder DIR, a folder of images to search")
+    if args.folder and (problem := folder_problem(args.folder)):
+        p.error(f"--folder: {problem}")
+    for path in args.image:
+        if problem := file_problem(path):
+            p.error(f"--image: {problem}")
+    if args.min_length and args.max_length and args.min_length > args.max_length:
+        p.error(f"--min-length {args.min_length} is more than --max-length {args.max_length}")
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch  # only now: the arguments and paths are fine
+
+    from coca_min.checkpoint import load_checkpoint
+    from coca_min.generate import caption
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"error: --device {args.device}, but torch sees no CUDA GPU; use --device cpu")
     try:
         checkpoint = load_checkpoint(args.checkpoint, args.device)
-    except FileNotFoundError as error:
-        sys.exit(f"error: {error}")
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: --checkpoint: {error}")
     model, tokenizer = checkpoint["model"], checkpoint["tokenizer"]
+    if tokenizer is None:
+        sys.exit(f"error: --checkpoint: {args.checkpoint} has no tokenizer (saved without one), so it cannot read or write text")
     size = model.config.image_size
     torch.manual_seed(args.seed)
 
     if args.query:
-        if not args.folder:
-            sys.exit("error: --query needs --folder DIR, a folder of images to search")
-        if not Path(args.folder).is_dir():
-            sys.exit(f"error: --folder: not a folder: {args.folder}")
         files = sorted(f for f in Path(args.folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            sys.exit(f"error: no image files in {args.folder}")
+            sys.exit(f"error: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.folder}")
         images = torch.stack([load_image(f, size) for f in files]).to(args.device)
         with torch.inference_mode():
             image_emb, _ = model.encode_image(images)
@@ -107,6 +112,22 @@ def main():
         sys.exit(f"error: {error}")
     for path, text in zip(args.image, texts):
         print(f"{path}: {text}")
+
+
+def load_image(path, size):
+    """An image file -> (3, size, size) normalised tensor, or a clear error."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from coca_min.data import preprocess
+
+    try:
+        with Image.open(path) as img:
+            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+    except Exception as error:
+        sys.exit(f"error: cannot read image {path}: {error}")
+    return preprocess(pixels, size)
 
 
 if __name__ == "__main__":

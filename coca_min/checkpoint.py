@@ -5,10 +5,14 @@ Not part of the paper. A checkpoint is one `torch.save` file holding plain data:
 adds (optimizer state, step, …). It is written to a temporary file and then renamed, so a crash
 while saving never leaves a half-written checkpoint, and it loads with `weights_only=True`.
 Keys are saved without the `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
+
+A file that is not such a checkpoint (another format, a bare state_dict, a pickle holding
+objects that `weights_only=True` refuses to run) gives a ValueError naming the file and why.
 """
 
 import os
-from dataclasses import asdict
+import pickle
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -37,19 +41,54 @@ def save_checkpoint(path, model, tokenizer=None, **extra) -> None:
 
 
 def read_checkpoint(path, device="cpu") -> dict:
-    """The saved dict as it is (state dicts, config as a dict, …)."""
+    """The saved dict as it is (state dicts, config as a dict, …); a clear error for a file that
+    is not a coca_min checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise ValueError(f"{path} holds Python objects besides tensors and plain data, which are not "
+                             "loaded, for safety (torch.load with weights_only=True); it was not written by "
+                             "coca_min's save_checkpoint") from None  # fmt: skip
+        raise ValueError(f"{path} is not a coca_min checkpoint (torch.load: {_first_line(error)})") from None
+    except Exception as error:  # another format: torch.load's unpickler fails in many ways
+        raise ValueError(f"{path} is not a coca_min checkpoint (torch.load: {_first_line(error)})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "config" not in checkpoint:
+        has = f"keys {sorted(map(str, checkpoint))[:4]}…" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        raise ValueError(f"{path} is not a coca_min checkpoint: expected a dict with 'model' and 'config' (as "
+                         f"save_checkpoint writes), found {has}")  # fmt: skip
+    config_of(checkpoint, path)  # a config this version can build
+    return checkpoint
+
+
+def config_of(checkpoint, path="the checkpoint") -> CoCaConfig:
+    """The checkpoint's CoCaConfig; a ValueError if its fields are not this version's."""
+    config, known = checkpoint["config"], {f.name for f in fields(CoCaConfig)}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: its 'config' is a {type(config).__name__}, not a dict of CoCaConfig fields")
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: its config has fields this coca_min does not know: {', '.join(map(str, unknown))}")
+    return CoCaConfig(**config)
 
 
 def load_checkpoint(path, device="cpu") -> dict:
     """The saved dict, with "model" a ready CoCa (eval mode) and "tokenizer" a Tokenizer."""
     checkpoint = read_checkpoint(path, device)
-    model = CoCa(CoCaConfig(**checkpoint["config"])).to(device)
-    model.load_state_dict(checkpoint["model"])
+    model = CoCa(config_of(checkpoint, path)).to(device)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise ValueError(f"{path}: its weights do not fit its config ({details[0][:200] if details else error})") from None
     checkpoint["model"] = model.eval()
     if checkpoint.get("tokenizer") is not None:
         checkpoint["tokenizer"] = Tokenizer.from_state(checkpoint["tokenizer"], source=str(path))
     return checkpoint
+
+
+def _first_line(error) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -5,15 +5,17 @@ caption JSON. Not a part of the paper (its JFT-3B and ALIGN are private).
 - `CocoCaptions`: COCO-style caption JSON (`images` + `annotations`), several captions per image
   (COCO, Flickr30k in Karpathy's conversion, and most people's own sets).
 
-Files that are missing or unreadable, and rows without a usable caption, are skipped with one
-warning that counts them, or raise in `strict` mode: a long run never dies on file 90,000 of
-100,000. A file that breaks after the check is replaced by the next image while training, and
+Files that are missing or unreadable, and rows that are not JSON, not UTF-8 or without an image
+and a usable caption, are skipped with one warning that counts them and names where they are
+(`line 7`, `annotations[4]`), or raise in `strict` mode: a long run never dies on file 90,000
+of 100,000. A file that breaks after the check is replaced by the next image while training, and
 left out (never replaced) in evaluation.
 
 Left out: reading from archives or object stores (webdataset, tar shards), decoding on the GPU.
 """
 
 import csv
+import io
 import json
 import sys
 import warnings
@@ -29,7 +31,8 @@ from .data import CaptionDataset, preprocess
 
 class ImageFiles(CaptionDataset):
     """Captioned image files on disk. Files that cannot be read when the set is built are left
-    out with one warning that counts them (`strict=True`: an error). A file that breaks later:
+    out with one warning that counts them (`strict=True`: an error, and every image is decoded
+    to the end to find truncated files, which takes longer). A file that breaks later:
 
     - while training (`train=True`), the next readable image takes its place, so that batches
       keep their size (the all-gather of DDP needs equal shapes); the first is warned about.
@@ -40,7 +43,7 @@ class ImageFiles(CaptionDataset):
     def __init__(self, paths, captions, tokenizer, image_size, context_length, train, strict, seed=0):
         quiet = len(paths) < 5000 or not sys.stderr.isatty()  # a bar only in a terminal, not in a log
         checking = tqdm(paths, desc="checking images", disable=quiet, leave=False)
-        problems = [_unreadable(path) for path in checking]  # None where the file is fine
+        problems = [_unreadable(path, decode=strict) for path in checking]  # None where the file is fine
         bad = [f"{path} ({why})" for path, why in zip(paths, problems) if why]
         _skip_or_raise(bad, len(paths), "images that cannot be read", strict)
         keep = [i for i, why in enumerate(problems) if why is None]
@@ -91,18 +94,47 @@ def _caption_problem(caption):
         return f"caption is a {type(caption).__name__}, not text"
     if not caption.strip():
         return "empty caption"
+    if _not_utf8(caption):
+        return "caption has bytes that are not UTF-8"
     return None
 
 
-def _unreadable(path: Path):
-    """None if `path` is an image file PIL can open, else a short reason."""
+def _image_problem(name, field="image"):
+    """None if `name` can be an image file name, else what is wrong with it."""
+    if name is None:
+        return f"no {field}"
+    if not isinstance(name, str) or not name.strip():
+        return f"{field} is {name!r}, not a file name"
+    if _not_utf8(name):
+        return f"{field} has bytes that are not UTF-8"
+    return None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text. Bytes that are not UTF-8 become lone surrogates (Python's
+    "surrogateescape"), so that one bad row is found, named and skipped, not the whole file."""
+    return path.read_bytes().decode("utf-8-sig", errors="surrogateescape")  # -sig: a spreadsheet's BOM
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:  # a lone surrogate left by _read_text
+        return True
+
+
+def _unreadable(path: Path, decode=False):
+    """None if `path` is an image file PIL can open (`decode`: and decode to the end, which
+    finds a truncated JPEG that the quicker `verify()` passes), else a short reason."""
     if not path.is_file():
         return "missing"
     try:
         with Image.open(path) as img:
-            img.verify()
-    except Exception as error:
-        return type(error).__name__
+            img.load() if decode else img.verify()
+    except Exception as error:  # PIL's message, unless it only repeats the path
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return message if message and str(path) not in message else type(error).__name__
     return None
 
 
@@ -115,59 +147,99 @@ def _folder(image_root) -> Path:
 
 class CaptionManifest(ImageFiles):
     """A manifest (.jsonl or .csv, fields `image` and `caption`) of files under `image_root`.
-    Rows naming the same image are gathered into one item with several captions. A row without
-    an image or a usable caption (missing, null, empty) is skipped and counted by row number
-    (`strict=True`: an error)."""
+    Rows naming the same image are gathered into one item with several captions. A row that is
+    not JSON, has no image or no usable caption (missing, null, empty, not UTF-8) is skipped
+    and counted by its line number (`strict=True`: an error)."""
 
     def __init__(self, manifest, image_root, tokenizer, image_size, context_length=64,
                  train=False, strict=False, seed=0):  # fmt: skip
         manifest, root = Path(manifest), _folder(image_root)
         if not manifest.is_file():
             raise FileNotFoundError(f"manifest not found: {manifest}")
-        if manifest.suffix == ".csv":
-            with open(manifest, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        else:
-            rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-        by_image, bad = {}, []
-        for n, row in enumerate(rows, start=1):
-            if not isinstance(row, dict) or "image" not in row:
-                got = sorted(row) if isinstance(row, dict) else type(row).__name__
-                bad.append(f"row {n} (expected fields 'image' and 'caption'; got {got})")
-            elif why := _caption_problem(row.get("caption")):
-                bad.append(f"row {n} ({why})")
+        rows, bad = _csv_rows(manifest) if manifest.suffix.lower() == ".csv" else _jsonl_rows(manifest)
+        total, by_image = len(rows) + len(bad), {}  # bad: so far the lines that are not JSON
+        for line, row in rows:
+            if not isinstance(row, dict):
+                bad.append((line, f"expected an object with 'image' and 'caption', got a {type(row).__name__}"))
+            elif why := _image_problem(row.get("image")) or _caption_problem(row.get("caption")):
+                bad.append((line, why))
             else:
                 by_image.setdefault(row["image"], []).append(row["caption"])
+        bad = [f"line {line} ({why})" for line, why in sorted(bad)]
         if not by_image:
             raise ValueError(f"{manifest}: no row has an image and a caption; " + "; ".join(bad[:3]))
-        _skip_or_raise(bad, len(rows), f"rows of {manifest} without an image and a caption", strict)
+        _skip_or_raise(bad, total, f"rows of {manifest} without an image and a caption", strict)
         paths = [root / name for name in by_image]
         super().__init__(paths, list(by_image.values()), tokenizer, image_size, context_length, train, strict, seed)
 
 
+def _jsonl_rows(manifest):
+    """[(line number, parsed row)], [(line number, why) of the lines that are not JSON]."""
+    rows, bad = [], []
+    for n, line in enumerate(_read_text(manifest).split("\n"), start=1):  # not splitlines: U+2028 is JSON text
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as error:
+                bad.append((n, f"not JSON: {error.msg} at column {error.colno}"))
+    return rows, bad
+
+
+def _csv_rows(manifest):
+    """[(line number where the row starts, row dict)], [] (the header names the fields)."""
+    reader = csv.DictReader(io.StringIO(_read_text(manifest), newline=""))
+    try:
+        header = reader.fieldnames or []
+        if "image" not in header or "caption" not in header:
+            raise ValueError(f"{manifest}: the first line must name the columns 'image' and 'caption'; it has {header}")
+        rows, start = [], reader.line_num + 1
+        for row in reader:
+            rows.append((start, {k: v for k, v in row.items() if k is not None}))  # None: extra fields
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise ValueError(f"{manifest} line {reader.line_num}: not CSV ({error})") from None
+    return rows, []
+
+
 class CocoCaptions(ImageFiles):
     """COCO caption JSON: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}.
-    An annotation without a usable caption, or whose image_id names no image, is skipped and
-    counted (`strict=True`: an error); images without captions are left out."""
+    An image entry without an id or file name, an annotation without a usable caption or whose
+    image_id names no image is skipped and counted by its place in the file, e.g.
+    `annotations[4]` (`strict=True`: an error); images without captions are left out."""
 
     def __init__(self, annotations, image_root, tokenizer, image_size, context_length=64,
                  train=False, strict=False, seed=0):  # fmt: skip
         annotations, root = Path(annotations), _folder(image_root)
         if not annotations.is_file():
             raise FileNotFoundError(f"caption file not found: {annotations}")
-        data = json.loads(annotations.read_text(encoding="utf-8"))
-        if "images" not in data or "annotations" not in data:
-            raise ValueError(f"{annotations}: expected COCO caption JSON with 'images' and 'annotations'")
-        by_id, bad = {image["id"]: [] for image in data["images"]}, []
+        try:
+            data = json.loads(_read_text(annotations))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{annotations} is not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
+            raise ValueError(f"{annotations}: expected COCO caption JSON, an object with lists 'images' and 'annotations'")
+        by_id, names, bad_images = {}, {}, []
+        for n, image in enumerate(data["images"]):
+            if not isinstance(image, dict) or not isinstance(image.get("id"), (int, str)):
+                bad_images.append(f"images[{n}] (no id)")
+            elif why := _image_problem(image.get("file_name"), "file_name"):
+                bad_images.append(f"images[{n}] ({why})")
+            else:
+                by_id[image["id"]], names[image["id"]] = [], image["file_name"]
+        _skip_or_raise(bad_images, len(data["images"]), f"images of {annotations} without an id and a file_name", strict)
+        bad = []
         for n, note in enumerate(data["annotations"]):
-            if note.get("image_id") not in by_id:
-                bad.append(f"annotation {n} (image_id {note.get('image_id')!r} names no image)")
+            if not isinstance(note, dict):
+                bad.append(f"annotations[{n}] (a {type(note).__name__}, not an object)")
+            elif not isinstance(note.get("image_id"), (int, str)) or note["image_id"] not in by_id:
+                bad.append(f"annotations[{n}] (image_id {note.get('image_id')!r} names no image)")
             elif why := _caption_problem(note.get("caption")):
-                bad.append(f"annotation {n} ({why})")
+                bad.append(f"annotations[{n}] ({why})")
             else:
                 by_id[note["image_id"]].append(note["caption"])
         _skip_or_raise(bad, len(data["annotations"]), f"annotations of {annotations} without a usable caption", strict)
-        images = [image for image in data["images"] if by_id[image["id"]]]  # captioned ones only
-        paths = [root / image["file_name"] for image in images]
-        captions = [by_id[image["id"]] for image in images]
-        super().__init__(paths, captions, tokenizer, image_size, context_length, train, strict, seed)
+        captioned = [i for i in by_id if by_id[i]]  # images without captions are left out
+        if not captioned:
+            raise ValueError(f"{annotations}: no image has a usable caption; " + "; ".join((bad_images + bad)[:3]))
+        paths = [root / names[i] for i in captioned]
+        super().__init__(paths, [by_id[i] for i in captioned], tokenizer, image_size, context_length, train, strict, seed)

@@ -91,8 +91,9 @@ class Tokenizer:
         return self._cache[chunk]
 
     def encode(self, text: str, context_length: int | None = None, pad: bool = True) -> list[int]:
-        """`[BOS] … [EOS]`; with a context length, truncated (still ending in [EOS]) and, if
-        `pad`, right-padded with [PAD] to exactly that length."""
+        """`[BOS] … [EOS]`; with a context length, truncated (still ending in [EOS], and never
+        inside a character of several UTF-8 bytes) and, if `pad`, right-padded with [PAD] to
+        exactly that length."""
         if not isinstance(text, str):
             raise ValueError(f"expected a str to encode; got {type(text).__name__}")
         ids = [BOS] + [i for chunk in re.findall(SPLIT_PATTERN, text) for i in self._encode_chunk(chunk)]
@@ -100,8 +101,11 @@ class Tokenizer:
         if context_length is not None:
             if context_length < 2:
                 raise ValueError("context_length must be at least 2 ([BOS] and [EOS])")
-            if len(ids) > context_length:
-                ids = ids[: context_length - 1] + [EOS]
+            if len(ids) > context_length:  # keep [BOS] and whole characters, then [EOS]
+                cut = context_length - 1
+                while cut > 1 and self.vocab[ids[cut]][0] & 0xC0 == 0x80:  # ids[cut] would start mid-character
+                    cut -= 1
+                ids = ids[:cut] + [EOS]
             if pad:
                 ids += [PAD] * (context_length - len(ids))
         return ids
@@ -125,7 +129,7 @@ class Tokenizer:
 
     @classmethod
     def from_state(cls, state: dict, source="tokenizer data") -> "Tokenizer":
-        if state.get("format") != "coca_min byte-level BPE" or state.get("version") != 1:
+        if not isinstance(state, dict) or state.get("format") != "coca_min byte-level BPE" or state.get("version") != 1:
             raise ValueError(f"{source} is not a coca_min tokenizer (format version 1)")
         return cls([tuple(pair) for pair in state["merges"]])
 
@@ -137,4 +141,8 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        return cls.from_state(json.loads(path.read_text()), source=str(path))
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a coca_min tokenizer (not JSON text: {error})") from None
+        return cls.from_state(state, source=str(path))

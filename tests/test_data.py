@@ -151,17 +151,17 @@ def test_rows_without_a_caption_are_skipped_and_counted_as_caption_problems(tmp_
         path = tmp_path / "pairs.jsonl"
         lines = [json.dumps({"image": i, "caption": c}) for i, c in BAD_CAPTIONS] + ['{"image": "c.jpg"}']
         path.write_text("\n".join(lines) + "\n")
-        where, make = r"rows? 2 \(no caption\); row 3 \(empty caption\); row 5 \(no caption\)", CaptionManifest
+        where, make = r"line 2 \(no caption\); line 3 \(empty caption\); line 5 \(no caption\)", CaptionManifest
     elif form == "csv":
         path = tmp_path / "pairs.csv"
         path.write_text("image,caption\n" + "".join(f"{i},{c}\n" if c else f"{i}\n" for i, c in BAD_CAPTIONS) + "c.jpg,\n")
-        where, make = r"row 2 \(no caption\); row 3 \(empty caption\); row 5 \(empty caption\)", CaptionManifest
+        where, make = r"line 3 \(no caption\); line 4 \(empty caption\); line 6 \(empty caption\)", CaptionManifest  # line 1: the header
     else:
         path = tmp_path / "captions.json"
         names = ["a.png", "b.png", "c.jpg"]
         notes = [{"image_id": names.index(i), "caption": c} for i, c in BAD_CAPTIONS] + [{"image_id": 2}, {"image_id": 9, "caption": "x"}]
         path.write_text(json.dumps({"images": [{"id": k, "file_name": n} for k, n in enumerate(names)], "annotations": notes}))
-        where = r"annotation 1 \(no caption\); annotation 2 \(empty caption\); annotation 4 \(no caption\); annotation 5 \(image_id 9 names no image\)"
+        where = r"annotations\[1\] \(no caption\); annotations\[2\] \(empty caption\); annotations\[4\] \(no caption\); annotations\[5\] \(image_id 9 names no image\)"
         make = CocoCaptions
     with pytest.warns(UserWarning, match=r"skipping \d of \d .*" + where) as caught:
         data = make(path, image_folder, tokenizer, 32)
@@ -178,7 +178,7 @@ def test_missing_paths_are_named(tmp_path, image_folder, tokenizer):
         CocoCaptions(tmp_path / "c.json", tmp_path / "no_such_folder", tokenizer, 32)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"file": "a.png", "text": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"no row has an image and a caption; row 1 \(expected fields 'image' and 'caption'"):
+    with pytest.raises(ValueError, match=r"no row has an image and a caption; line 1 \(no image\)"):
         CaptionManifest(bad, image_folder, tokenizer, 32)
     with pytest.raises(ValueError, match="unknown tiny_data split 'tets'"):
         TinyShapes("tets")

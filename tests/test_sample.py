@@ -23,7 +23,6 @@ def checkpoint(tmp_path_factory):
     val = TinyShapes("val", limit=3)
     for i in range(3):
         Image.fromarray(shapes.PALETTE[val.pixels[i].numpy()]).save(folder / f"image{i}.png")
-    (folder / "broken.png").write_bytes(b"not a png")
     return folder
 
 
@@ -77,13 +76,8 @@ def test_sample_zero_shot_and_search(monkeypatch, capsys, checkpoint):
     assert out.splitlines()[0] == 'images ranked for "a red circle":' and len(out.splitlines()) == 3
 
 
-def test_sample_errors_are_clear(monkeypatch, capsys, checkpoint):
-    with pytest.raises(SystemExit, match="checkpoint not found: .*missing.pt"):
-        run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "missing.pt", "--image", checkpoint / "image0.png")
-    with pytest.raises(SystemExit, match="cannot read image .*broken.png"):
-        run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--image", checkpoint / "broken.png")
-    with pytest.raises(SystemExit, match="image not found: .*nothing.png"):
-        run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--image", checkpoint / "nothing.png")
-    with pytest.raises(SystemExit, match=r"error: top_p must be in \[0, 1\]"):
+def test_sample_a_prompt_too_long_for_the_context_is_one_error(monkeypatch, capsys, checkpoint):
+    # the other bad inputs of sample.py: tests/test_bad_input.py
+    with pytest.raises(SystemExit, match=r"error: the prompt \(\d+ tokens\) leaves no room in the context of 32"):
         run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--image", checkpoint / "image0.png",
-                   "--method", "sample", "--top-p", 2)  # fmt: skip
+                   "--prompt", "a red circle " * 20)  # fmt: skip

@@ -89,3 +89,36 @@ def test_bad_tokenizer_input_is_refused(tmp_path, tiny_tokenizer):
         tiny_tokenizer.decode([1, tiny_tokenizer.vocab_size])
     with pytest.raises(FileNotFoundError, match="nope.json"):
         Tokenizer.load(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("across_characters", [False, True])
+def test_truncation_keeps_whole_characters(tiny_tokenizer, across_characters):
+    text = "a 🙂🙂 café ünï 😀🎉 éaéa ok"
+    # trained on "éaéaéa", the first merge joins the second byte of é (0xA9) with "a": a token
+    # that starts inside a character, so truncation must look at bytes, not only at tokens
+    tokenizer = Tokenizer.train(["éaéaéa"], 260) if across_characters else tiny_tokenizer
+    content = tokenizer.encode(text)[1:-1]
+    if across_characters:
+        assert tokenizer.vocab[259] == "é".encode()[1:] + b"a" and 259 in content
+    for n in range(2, len(content) + 3):
+        ids = tokenizer.encode(text, n, pad=False)
+        assert len(ids) <= n and ids[0] == BOS and ids[-1] == EOS
+        kept = tokenizer.decode(ids)
+        assert "\ufffd" not in kept and text.startswith(kept), (n, kept)
+        # the most tokens that end on a character boundary: brute force over every prefix
+        def whole(k):
+            try:
+                b"".join(tokenizer.vocab[i] for i in content[:k]).decode("utf-8")
+                return True
+            except UnicodeDecodeError:
+                return False
+        assert len(ids) - 2 == max(k for k in range(min(n - 2, len(content)) + 1) if whole(k)), n
+
+
+def test_a_tokenizer_file_that_is_not_one_is_named(tmp_path):
+    (tmp_path / "t.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(ValueError, match=r"t\.json is not a coca_min tokenizer \(not JSON text"):
+        Tokenizer.load(tmp_path / "t.json")
+    (tmp_path / "t.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"t\.json is not a coca_min tokenizer \(format version 1\)"):
+        Tokenizer.load(tmp_path / "t.json")

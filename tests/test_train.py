@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from coca_min import PRESETS, CoCa
+from coca_min import PRESETS, CoCa, trainer
 from coca_min.checkpoint import load_checkpoint, read_checkpoint
 from coca_min.schedule import FakeClock
 
@@ -93,7 +93,7 @@ def test_a_plan_that_grows_evaluates_each_quarter_once(tmp_path, monkeypatch):
             self.tick = 0.25 if self.now < 8 else 0.1  # 0.25 s steps, then 0.1 s steps
             return super().__call__()
 
-    monkeypatch.setattr(train, "FakeClock", SpeedingUpClock)
+    monkeypatch.setattr(trainer, "FakeClock", SpeedingUpClock)
     saved = run(tmp_path, "--minutes", 0.2, "--fake-step-seconds", 0.25)
     assert saved["step"] == saved["total_steps"] > 60  # the plan did grow past the first 48 steps
     evaluated = [e["step"] for e in saved["evaluations"]]
@@ -164,6 +164,61 @@ def test_torchrun_two_processes_on_cpu_with_the_default_time_budget(tmp_path):
     saved = read_checkpoint(tmp_path / "ckpt.pt")
     assert saved["step"] == saved["total_steps"] == 24  # 6 s of 0.25 s steps, planned at step 21
     assert (tmp_path / "report.json").exists()
+
+
+def write_manifest(folder, count=32, bad_row=True):
+    """`count` tiny_data images as PNG files and a JSONL manifest of them (plus a row without a
+    caption): real data on disk, as a user's would be."""
+    from PIL import Image
+
+    from coca_min import shapes
+    from coca_min.data import TinyShapes
+
+    (folder / "images").mkdir(parents=True)
+    val = TinyShapes("val", limit=count)
+    rows = []
+    for i in range(count):
+        Image.fromarray(shapes.PALETTE[val.pixels[i].numpy()]).save(folder / "images" / f"{i}.png")
+        rows.append(json.dumps({"image": f"{i}.png", "caption": val.captions[i][0]}))
+    if bad_row:
+        rows.append(json.dumps({"image": "0.png", "caption": None}))
+    (folder / "pairs.jsonl").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.jsonl"
+
+
+def test_real_data_from_a_manifest_trains_and_a_bad_row_is_one_warning_line(tmp_path):
+    manifest = write_manifest(tmp_path)
+    command = [sys.executable, str(ROOT / "train.py"), "--data", "pairs.jsonl", "--images", "images", "--val-data",
+               "pairs.jsonl", "--vocab-size", "300", "--steps", "2", "--batch-size", "8", "--threads", "2"]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "warn" in line.lower()]
+    skip = "warning: skipping 1 of 33 rows of pairs.jsonl without an image and a caption: line 33 (no caption)"
+    assert warnings == [skip], result.stderr  # one line (the same words for the validation set are not repeated)
+    saved = load_checkpoint(tmp_path / "out" / "tiny" / "ckpt.pt")
+    assert saved["step"] == 2 and saved["tokenizer"].vocab_size == saved["model"].config.vocab_size == 300
+    report = json.loads((tmp_path / "out" / "tiny" / "report.json").read_text())
+    assert 0 <= report["val"]["image_to_text_R@1"] <= 1 and report["run"]["steps"] == 2
+    assert manifest.read_text().count("\n") == 33  # the manifest is read, never changed
+
+
+def test_a_strict_run_stops_in_one_line_on_an_image_that_breaks_after_the_check(tmp_path, monkeypatch):
+    write_manifest(tmp_path, bad_row=False)
+    (tmp_path / "images" / "5.png").write_bytes(b"\x89PNG broken after the check")
+    monkeypatch.setattr("coca_min.image_files._unreadable", lambda path, decode=False: None)  # the check passes it
+    with pytest.raises(SystemExit, match=r"^stopping: could not decode .*5\.png \(.*\)\. The last good checkpoint is "
+                                         r".*ckpt\.pt \(step \d\)\.$"):  # fmt: skip
+        run(tmp_path / "out", "--data", tmp_path / "pairs.jsonl", "--images", tmp_path / "images", "--strict",
+            "--vocab-size", "300", "--steps", "8", "--batch-size", "8")  # fmt: skip
+
+
+def test_training_twice_into_one_folder_needs_resume_or_overwrite(tmp_path):
+    run(tmp_path, "--steps", 1)
+    first = (tmp_path / "ckpt.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--steps", 1)  # the message: tests/test_bad_input.py
+    assert (tmp_path / "ckpt.pt").read_bytes() == first  # nothing lost
+    assert run(tmp_path, "--steps", 2, "--overwrite", "--seed", 1)["history"][0]["step"] == 1  # started again
 
 
 COLLECTIVES = {"all_reduce", "all_gather", "broadcast", "barrier", "reduce", "gather", "scatter", "all_to_all",

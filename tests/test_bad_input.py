@@ -1,0 +1,270 @@
+"""Bad input gets one clear line: data manifests, train.py and sample.py arguments.
+
+Each surface has one parametrised test. The data cases are either skipped and counted (one
+warning naming the file and the line) or, with strict=True, an error naming the same. The
+command cases exit non-zero with one line on stderr that names the argument or file, and no
+traceback; the argument cases fail before torch is imported (so in milliseconds: no data or
+model is loaded), which the probe below checks by looking at sys.modules at exit.
+"""
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from coca_min import PRESETS, CoCa
+from coca_min.checkpoint import save_checkpoint
+from coca_min.image_files import CaptionManifest, CocoCaptions
+from coca_min.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# runs a script as `python SCRIPT ARGS` would, then says on stdout whether torch was imported
+PROBE = ("import atexit, runpy, sys; atexit.register(lambda: print('torch imported' if 'torch' in sys.modules "
+         "else 'torch not imported')); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")  # fmt: skip
+
+
+def run_command(script, args, cwd):
+    command = [sys.executable, "-c", PROBE, str(ROOT / script), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def png(path, size=32):
+    Image.new("RGB", (size, size), (200, 30, 30)).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ["a.png", "b.png", "c.png"]:
+        png(images / name)
+    return images
+
+
+# ---------------------------------------------------------------- data
+
+def jsonl(tmp_path, lines):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def coco(tmp_path, annotations, images=None):
+    images = images or [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+GOOD = b'{"image": "a.png", "caption": "a red square"}'
+DATA_CASES = {  # name: (write the file -> path, the loader, what the skip names)
+    "jsonl bytes that are not UTF-8": (
+        lambda t: jsonl(t, [GOOD, b'{"image": "b.png", "caption": "caf\xe9"}']),
+        CaptionManifest, r"1 of 2 rows of .*pairs\.jsonl.*line 2 \(caption has bytes that are not UTF-8\)"),
+    "csv bytes that are not UTF-8": (
+        lambda t: (t / "pairs.csv").write_bytes(b"image,caption\na.png,a red square\nb.png,caf\xe9\n") and t / "pairs.csv",
+        CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(caption has bytes that are not UTF-8\)"),
+    "coco bytes that are not UTF-8": (
+        lambda t: (t / "c.json").write_bytes(b'{"images": [{"id": 1, "file_name": "a.png"}], "annotations": '
+                                             b'[{"image_id": 1, "caption": "red"}, {"image_id": 1, "caption": "caf\xe9"}]}')
+        and t / "c.json",
+        CocoCaptions, r"1 of 2 annotations of .*c\.json.*annotations\[1\] \(caption has bytes that are not UTF-8\)"),
+    "jsonl a line that is not JSON": (
+        lambda t: jsonl(t, [GOOD, b'{"image": "b.png", "caption": "a blue', GOOD]),
+        CaptionManifest, r"1 of 3 rows of .*pairs\.jsonl.*line 2 \(not JSON: Unterminated string"),
+    "jsonl a line that is not an object": (
+        lambda t: jsonl(t, [GOOD, b'["b.png", "a blue circle"]']),
+        CaptionManifest, r"1 of 2 rows .*line 2 \(expected an object with 'image' and 'caption', got a list\)"),
+    "coco an annotation without a caption": (
+        lambda t: coco(t, [{"image_id": 1, "caption": "red"}, {"image_id": 2}]),
+        CocoCaptions, r"1 of 2 annotations of .*captions\.json.*annotations\[1\] \(no caption\)"),
+    "coco an image_id that names no image": (
+        lambda t: coco(t, [{"image_id": 1, "caption": "red"}, {"image_id": 99, "caption": "blue"}]),
+        CocoCaptions, r"annotations\[1\] \(image_id 99 names no image\)"),
+    "coco an image without a file_name": (
+        lambda t: coco(t, [{"image_id": 1, "caption": "red"}], [{"id": 1, "file_name": "a.png"}, {"id": 2}]),
+        CocoCaptions, r"1 of 2 images of .*captions\.json.*images\[1\] \(no file_name\)"),
+    "csv a row without its caption field": (
+        lambda t: (t / "pairs.csv").write_text("image,caption\na.png,a red square\nb.png\n") and t / "pairs.csv",
+        CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(no caption\)"),
+    "jsonl a null caption": (
+        lambda t: jsonl(t, [GOOD, b'{"image": "b.png", "caption": null}']),
+        CaptionManifest, r"1 of 2 rows of .*pairs\.jsonl.*line 2 \(no caption\)"),
+    "jsonl an image that is not a file name": (
+        lambda t: jsonl(t, [GOOD, b'{"image": 7, "caption": "a blue circle"}']),
+        CaptionManifest, r"line 2 \(image is 7, not a file name\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_a_bad_row_is_skipped_and_counted_or_with_strict_an_error(case, tmp_path, folder):
+    write, loader, named = DATA_CASES[case]
+    path = write(tmp_path)
+    with pytest.warns(UserWarning, match=named) as caught:
+        data = loader(path, folder, Tokenizer(), 32)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)  # one warning, one line
+    assert data.captions and all(isinstance(c, str) for caps in data.captions for c in caps)  # the good rows are kept
+    with pytest.raises(ValueError, match=named.replace("1 of", "^1 of")) as error:
+        loader(path, folder, Tokenizer(), 32, strict=True)
+    assert "\n" not in str(error.value)
+
+
+def truncated_jpeg(tmp_path, folder):
+    whole = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(whole, format="JPEG")
+    (folder / "cut.jpg").write_bytes(whole.getvalue()[:-400])  # the end of the scan data is gone
+    return jsonl(tmp_path, [GOOD, b'{"image": "cut.jpg", "caption": "a cut file"}'])
+
+
+def test_a_truncated_jpeg_is_named_at_load_with_strict_and_at_fetch_without(tmp_path, folder):
+    path = truncated_jpeg(tmp_path, folder)
+    with pytest.raises(ValueError, match=r"1 of 2 images that cannot be read: .*cut\.jpg \(image file is truncated"):
+        CaptionManifest(path, folder, Tokenizer(), 32, strict=True)  # every image decoded: found before training
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the quick check (verify) passes it: no warning at load
+        data = CaptionManifest(path, folder, Tokenizer(), 32, train=True)
+    with pytest.warns(UserWarning, match=r"could not decode .*cut\.jpg \(image file is truncated.*next image instead"):
+        items = [data[i] for i in range(len(data))]
+    assert all(item is not None for item in items)  # training: the next image took its place
+
+
+@pytest.mark.parametrize("case, write, named", [
+    ("every row bad", lambda t: jsonl(t, [b'{"image": "a.png"}', b"{"]),
+     r"pairs\.jsonl: no row has an image and a caption; line 1 \(no caption\); line 2 \(not JSON"),
+    ("a csv header without the columns", lambda t: (t / "p.csv").write_text("file,text\na.png,red\n") and t / "p.csv",
+     r"p\.csv: the first line must name the columns 'image' and 'caption'; it has \['file', 'text'\]"),
+    ("coco json that is not JSON", lambda t: (t / "c.json").write_text('{"images": [}') and t / "c.json",
+     r"c\.json is not JSON \(Expecting value at line 1 column 13\)"),
+    ("coco json without its lists", lambda t: (t / "c.json").write_text('{"images": {}}') and t / "c.json",
+     r"c\.json: expected COCO caption JSON, an object with lists 'images' and 'annotations'"),
+])  # fmt: skip
+def test_a_file_with_nothing_usable_is_one_error_naming_it(case, write, named, tmp_path, folder):
+    path = write(tmp_path)
+    loader = CocoCaptions if path.suffix == ".json" else CaptionManifest
+    with pytest.raises(ValueError, match=named) as error:
+        loader(path, folder, Tokenizer(), 32)
+    assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------- train.py
+
+def make_run(out):  # an --out that already holds a run
+    out.mkdir()
+    (out / "ckpt.pt").write_bytes(b"a previous run")
+    return out
+
+
+TRAIN_CASES = [  # (id, arguments (paths relative to tmp_path), words the line must hold)
+    ("batch-size 0", ["--batch-size", 0], "argument --batch-size: must be at least 1, got 0"),
+    ("batch-size -3", ["--batch-size", -3], "argument --batch-size: must be at least 1, got -3"),
+    ("batch-size text", ["--batch-size", "many"], "argument --batch-size: expected an integer, got 'many'"),
+    ("accum 0", ["--accum", 0], "argument --accum: must be at least 1, got 0"),
+    ("lr -1", ["--lr", -1], "argument --lr: must be more than 0, got -1"),
+    ("lr nan", ["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
+    ("workers -1", ["--workers", -1], "argument --workers: must be at least 0, got -1"),
+    ("minutes -1", ["--minutes", -1], "argument --minutes: must be more than 0, got -1"),
+    ("eval-every -1", ["--eval-every", -1], "argument --eval-every: must be at least 0, got -1"),
+    ("steps -5", ["--steps", -5], "argument --steps: must be at least 1, got -5"),
+    ("min-lr-ratio 2", ["--min-lr-ratio", 2], "argument --min-lr-ratio: must be at most 1, got 2"),
+    ("vocab-size 100", ["--vocab-size", 100], "argument --vocab-size: must be at least 259, got 100"),
+    ("threads 0", ["--threads", 0], "argument --threads: must be at least 1, got 0"),
+    ("device gpu", ["--device", "gpu"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("warmup longer than the run", ["--steps", 10, "--warmup", 10], "--warmup 10 must be less than --steps 10"),
+    ("steps and minutes", ["--steps", 10, "--minutes", 2], "give --steps (a number of steps) or --minutes"),
+    ("both weights 0", ["--caption-weight", 0, "--contrastive-weight", 0], "both 0: nothing would be learned"),
+    ("batch not divisible", ["--batch-size", 64, "--accum", 3], "--batch-size 64 must be divisible by processes (1) × --accum (3)"),
+    ("out below a file", ["--out", "a_file/run"], "--out: cannot make {tmp}/a_file/run: {tmp}/a_file is a file"),
+    ("out is a file", ["--out", "a_file"], "--out: {tmp}/a_file is a file, not a folder"),
+    ("resume without a checkpoint", ["--resume", "--out", "empty"], "--resume, but there is no checkpoint at empty/ckpt.pt"),
+    ("a run already there", ["--out", "old_run"], "old_run holds a run (old_run/ckpt.pt): continue it with --resume"),
+    ("data missing", ["--data", "missing.jsonl", "--images", "images"], "--data: no such file: missing.jsonl"),
+    ("data not a manifest", ["--data", "a_file", "--images", "images"], "--data: expected a .jsonl or .csv or .json file, got a_file"),
+    ("data without images", ["--data", "pairs.jsonl"], "--data FILE needs --images DIR"),
+    ("images not a folder", ["--data", "pairs.jsonl", "--images", "a_file"], "--images: a_file is a file, not a folder"),
+    ("val-data missing", ["--data", "pairs.jsonl", "--images", "images", "--val-data", "v.jsonl"], "--val-data: no such file: v.jsonl"),
+    ("images with the tiny set", ["--images", "images"], "--images is for --data FILE (a manifest or COCO json), but --data is 'tiny'"),
+    ("a size tiny_data cannot feed", ["--size", "base"], "--size base takes 288 px images, but tiny_data's are 48 px"),
+]
+TRAIN_CASES_AFTER_TORCH = [  # these need torch (a checkpoint to read, a GPU to look for) or the data
+    ("resume a file that is not a checkpoint", ["--resume", "--out", "old_run"],
+     "error: --resume: old_run/ckpt.pt is not a coca_min checkpoint (torch.load: "),
+    ("device cuda:99", ["--device", "cuda:99", "--steps", 1], "error: --device cuda:99, but torch sees"),
+    ("every row of the manifest bad", ["--data", "bad.jsonl", "--images", "images", "--steps", 1],
+     "error: bad.jsonl: no row has an image and a caption; line 1 (no caption)"),
+]
+
+
+@pytest.mark.parametrize("case, args, words", TRAIN_CASES + TRAIN_CASES_AFTER_TORCH,
+                         ids=[c[0] for c in TRAIN_CASES + TRAIN_CASES_AFTER_TORCH])  # fmt: skip
+def test_train_py_bad_input_is_one_line(case, args, words, tmp_path, folder):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "pairs.jsonl").write_bytes(GOOD + b"\n")
+    (tmp_path / "bad.jsonl").write_bytes(b'{"image": "a.png"}\n')
+    (tmp_path / "empty").mkdir()
+    make_run(tmp_path / "old_run")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = run_command("train.py", args, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert words.format(tmp=tmp_path) in lines[0], lines[0]
+    after_torch = case in [c[0] for c in TRAIN_CASES_AFTER_TORCH]
+    assert result.stdout.strip() == ("torch imported" if after_torch else "torch not imported")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert (tmp_path / "old_run" / "ckpt.pt").read_bytes() == b"a previous run"  # nothing lost
+
+
+# ---------------------------------------------------------------- sample.py
+
+@pytest.fixture
+def sample_files(tmp_path, folder):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ckpt.pt", CoCa(PRESETS["tiny"]), Tokenizer())
+    (tmp_path / "text.pt").write_text("this is not a checkpoint")
+    torch.save({"model": {}, "config": {}, "args": argparse.Namespace(lr=1)}, tmp_path / "pickled.pt")
+    torch.save(CoCa(PRESETS["tiny"]).state_dict(), tmp_path / "bare.pt")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    return tmp_path
+
+
+SAMPLE_CASES = [  # (id, arguments, words the line must hold)
+    ("checkpoint missing", ["--checkpoint", "missing.pt", "--image", "images/a.png"], "--checkpoint: no such file: missing.pt"),
+    ("image missing", ["--checkpoint", "ckpt.pt", "--image", "images/none.png"], "--image: no such file: images/none.png"),
+    ("beams 0", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--beams", 0], "argument --beams: must be at least 1, got 0"),
+    ("top-p 2", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--top-p", 2], "argument --top-p: must be at most 1, got 2"),
+    ("temperature 0", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--temperature", 0],
+     "argument --temperature: must be more than 0, got 0"),
+    ("top 0", ["--checkpoint", "ckpt.pt", "--query", "red", "--folder", "images", "--top", 0], "argument --top: must be at least 1"),
+    ("query without folder", ["--checkpoint", "ckpt.pt", "--query", "red"], "--query needs --folder DIR"),
+    ("folder missing", ["--checkpoint", "ckpt.pt", "--query", "red", "--folder", "nowhere"], "--folder: no such folder: nowhere"),
+    ("image and query", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--query", "red", "--folder", "images"], "not both"),
+    ("nothing to do", ["--checkpoint", "ckpt.pt"], "give --image FILE"),
+    ("min above max", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--min-length", 5, "--max-length", 2],
+     "--min-length 5 is more than --max-length 2"),
+]
+SAMPLE_CASES_AFTER_TORCH = [
+    ("not a checkpoint", ["--checkpoint", "text.pt", "--image", "images/a.png"],
+     "error: --checkpoint: text.pt is not a coca_min checkpoint (torch.load: "),
+    ("objects weights_only refuses", ["--checkpoint", "pickled.pt", "--image", "images/a.png"],
+     "error: --checkpoint: pickled.pt holds Python objects besides tensors and plain data, which are not loaded, for safety"),
+    ("a bare state_dict", ["--checkpoint", "bare.pt", "--image", "images/a.png"],
+     "error: --checkpoint: bare.pt is not a coca_min checkpoint: expected a dict with 'model' and 'config'"),
+    ("image unreadable", ["--checkpoint", "ckpt.pt", "--image", "images/broken.png"], "error: cannot read image images/broken.png"),
+]
+
+
+@pytest.mark.parametrize("case, args, words", SAMPLE_CASES + SAMPLE_CASES_AFTER_TORCH,
+                         ids=[c[0] for c in SAMPLE_CASES + SAMPLE_CASES_AFTER_TORCH])  # fmt: skip
+def test_sample_py_bad_input_is_one_line(case, args, words, sample_files):
+    result = run_command("sample.py", args, cwd=sample_files)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert words in lines[0], lines[0]
+    after_torch = case in [c[0] for c in SAMPLE_CASES_AFTER_TORCH]
+    assert result.stdout.strip() == ("torch imported" if after_torch else "torch not imported")
