@@ -24,7 +24,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each default once: argparse's, unless the help text states its own."""
 
     def _get_help_string(self, action):
-        if action.default is None or "default:" in (action.help or ""):
+        if action.default in (None, False) or "default:" in (action.help or ""):  # False: an off switch
             return action.help
         return super()._get_help_string(action)
 
