@@ -11,7 +11,7 @@
 import sys
 from pathlib import Path
 
-from coca_min.cli import Parser, device_name, file_problem, folder_problem, ranged
+from coca_min.cli import Parser, device_name, file_problem, folder_problem, ranged, text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -22,16 +22,16 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
     p.add_argument("--image", nargs="+", default=[], help="image files to caption or classify")
     p.add_argument("--method", choices=["greedy", "beam", "sample"], default="greedy")
-    p.add_argument("--beams", type=ranged(int, minimum=1), default=4, help="beam search: number of beams")
-    p.add_argument("--length-penalty", type=ranged(float), default=1.0, help="beam search: score / length^this")
-    p.add_argument("--temperature", type=ranged(float, above=0), default=1.0, help="sampling temperature")
+    p.add_argument("--beams", type=ranged(int, minimum=1), help="beam search: number of beams (default: 4)")
+    p.add_argument("--length-penalty", type=ranged(float), help="beam search: score / length^this (default: 1)")
+    p.add_argument("--temperature", type=ranged(float, above=0), help="sampling temperature (default: 1)")
     p.add_argument("--top-k", type=ranged(int, minimum=0), default=None, help="sampling: keep the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=ranged(float, 0, 1), default=None, help="sampling: nucleus probability")
     p.add_argument("--min-length", type=ranged(int, minimum=0), default=0, help="fewest tokens before [EOS]")
     p.add_argument("--max-length", type=ranged(int, minimum=1), default=None, help="most new tokens")
-    p.add_argument("--prompt", default="", help="text for every caption to continue")
-    p.add_argument("--classes", nargs="+", help="zero-shot: class prompts to choose among")
-    p.add_argument("--query", help="search: rank the images of --folder for this text")
+    p.add_argument("--prompt", type=text, help="text for every caption to continue")
+    p.add_argument("--classes", type=text, nargs="+", help="zero-shot: class prompts to choose among")
+    p.add_argument("--query", type=text, help="search: rank the images of --folder for this text")
     p.add_argument("--folder", help="search: a folder of images")
     p.add_argument("--top", type=ranged(int, minimum=1), default=5, help="search: how many results to print")
     p.add_argument("--seed", type=ranged(int, minimum=0), default=0)
@@ -39,20 +39,43 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if problem := file_problem(args.checkpoint):
         p.error(f"--checkpoint: {problem}")
-    if args.query is None and not args.image:
-        p.error("give --image FILE … (to caption or classify) or --query TEXT --folder DIR (to search)")
-    if args.query is not None and args.image:
-        p.error("give --image FILE … (to caption or classify) or --query TEXT --folder DIR (to search), not both")
-    if args.query is not None and not args.folder:
-        p.error("--query needs --folder DIR, a folder of images to search")
+    if problem := check_arguments(args):
+        p.error(problem)
+    for name, default in [("beams", 4), ("length_penalty", 1.0), ("temperature", 1.0), ("prompt", "")]:
+        if getattr(args, name) is None:  # not given (given, it was checked against --method above)
+            setattr(args, name, default)
+    return args
+
+
+def check_arguments(args):
+    """What is wrong with these arguments together or with the files they name; None if nothing."""
+    searching, modes = args.query is not None, "--image FILE … (to caption or classify) or --query TEXT --folder DIR (to search)"
+    if not searching and not args.image:
+        return f"give {modes}"
+    if searching and args.image:
+        return f"give {modes}, not both"
+    if searching and not args.folder:
+        return "--query needs --folder DIR, a folder of images to search"
+    if not searching and args.folder:
+        return "--folder is for --query TEXT (search); to caption or classify, give the files to --image"
     if args.folder and (problem := folder_problem(args.folder)):
-        p.error(f"--folder: {problem}")
+        return f"--folder: {problem}"
     for path in args.image:
         if problem := file_problem(path):
-            p.error(f"--image: {problem}")
+            return f"--image: {problem}"
+    if args.classes is not None:
+        if searching:
+            return "--classes is for --image FILE … (zero-shot classification), not for --query"
+        if len(args.classes) < 2 or len(set(args.classes)) < len(args.classes):
+            return "--classes needs at least two different prompts to choose among"
+    for flag, value, method in [("--beams", args.beams, "beam"), ("--length-penalty", args.length_penalty, "beam"),
+                                ("--temperature", args.temperature, "sample"), ("--top-k", args.top_k, "sample"),
+                                ("--top-p", args.top_p, "sample")]:  # fmt: skip
+        if value is not None and (args.method != method or searching or args.classes):
+            return f"{flag} is for captioning with --method {method}; it would be ignored here"
     if args.min_length and args.max_length and args.min_length > args.max_length:
-        p.error(f"--min-length {args.min_length} is more than --max-length {args.max_length}")
-    return args
+        return f"--min-length {args.min_length} is more than --max-length {args.max_length}"
+    return None
 
 
 def main(argv=None):
@@ -76,11 +99,17 @@ def main(argv=None):
     size = model.config.image_size
     torch.manual_seed(args.seed)
 
-    if args.query:
+    if args.query is not None:
         files = sorted(f for f in Path(args.folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        loaded = [(f, load_image(f, size, skip=True)) for f in files]
+        unreadable = [str(f) for f, image in loaded if image is None]
+        if unreadable:
+            print(f"warning: skipping {len(unreadable)} of {len(files)} images that cannot be read: "
+                  + ", ".join(unreadable[:5]) + (" …" if len(unreadable) > 5 else ""), file=sys.stderr)  # fmt: skip
+        files = [f for f, image in loaded if image is not None]
         if not files:
-            sys.exit(f"error: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.folder}")
-        images = torch.stack([load_image(f, size) for f in files]).to(args.device)
+            sys.exit(f"error: no readable image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.folder}")
+        images = torch.stack([image for _, image in loaded if image is not None]).to(args.device)
         with torch.inference_mode():
             image_emb, _ = model.encode_image(images)
             text_emb, _ = model.encode_text(tokenizer.encode_batch([args.query], model.config.context_length).to(args.device))
@@ -114,8 +143,8 @@ def main(argv=None):
         print(f"{path}: {text}")
 
 
-def load_image(path, size):
-    """An image file -> (3, size, size) normalised tensor, or a clear error."""
+def load_image(path, size, skip=False):
+    """An image file -> (3, size, size) normalised tensor; a clear error, or (`skip`) None."""
     import numpy as np
     import torch
     from PIL import Image
@@ -126,6 +155,8 @@ def load_image(path, size):
         with Image.open(path) as img:
             pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
     except Exception as error:
+        if skip:
+            return None
         sys.exit(f"error: cannot read image {path}: {error}")
     return preprocess(pixels, size)
 

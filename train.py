@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--val-data", help="manifest or COCO json to evaluate on (real data)")
     p.add_argument("--tokenizer", help="tokenizer .json (real data; default: train one on the captions)")
     p.add_argument("--strict", action="store_true", help="real data: stop at a bad row or image instead of skipping it")
-    p.add_argument("--vocab-size", type=ranged(int, minimum=MIN_VOCAB), default=32000, help="size of a tokenizer trained here")
+    p.add_argument("--vocab-size", type=ranged(int, minimum=MIN_VOCAB), help="size of a tokenizer trained here (default: 32000)")
     p.add_argument("--batch-size", type=count, default=64, help="pairs per optimizer step, over all processes")
     p.add_argument("--accum", type=count, default=1, help="gradient accumulation steps")
     p.add_argument("--lr", type=positive, default=2e-3, help="peak learning rate (AdamW)")
@@ -55,7 +55,8 @@ def parse_args(argv=None):
                    help="evaluate and save every N steps (0: at the quarters of the planned steps)")
     p.add_argument("--eval-images", type=count, help="evaluate on at most N images per split (quick checks)")
     p.add_argument("--out", help="output folder (default: out/SIZE)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
+                   help="continue from OUT/ckpt.pt; `--resume auto`: if there is one, else start (torchrun --max-restarts)")
     p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the model, data order and crops")
     p.add_argument("--device", type=device_name, default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, …")
@@ -71,6 +72,8 @@ def parse_args(argv=None):
         p.error(problem)
     args.out = Path(args.out or f"out/{args.size}")
     args.minutes = args.minutes or DEFAULT_MINUTES
+    args.vocab_size = args.vocab_size or 32000
+    args.resume = args.resume == "yes" or (args.resume == "auto" and (args.out / "ckpt.pt").is_file())
     return args
 
 
@@ -79,7 +82,8 @@ def check_arguments(args):
     Runs before torch is imported or any data is read."""
     tiny = args.data == "tiny"
     if tiny:
-        for flag, value in [("--images", args.images), ("--val-data", args.val_data), ("--tokenizer", args.tokenizer)]:
+        for flag, value in [("--images", args.images), ("--val-data", args.val_data), ("--tokenizer", args.tokenizer),
+                            ("--vocab-size", args.vocab_size), ("--strict", args.strict)]:  # fmt: skip
             if value:
                 return f"{flag} is for --data FILE (a manifest or COCO json), but --data is 'tiny' (the default)"
         if PRESETS[args.size].image_size != shapes.IMAGE_SIZE:
@@ -101,15 +105,19 @@ def check_arguments(args):
         return f"--warmup {args.warmup} must be less than --steps {args.steps}"
     if args.caption_weight == 0 and args.contrastive_weight == 0:
         return "--caption-weight and --contrastive-weight are both 0: nothing would be learned"
+    if args.batch_size < 2 and args.contrastive_weight > 0:
+        return "--batch-size 1: the contrastive loss needs at least 2 pairs per step (the others are its negatives)"
     world = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1  # torchrun sets both
     if args.batch_size % (world * args.accum):
         return (f"--batch-size {args.batch_size} must be divisible by processes ({world}) × --accum "
                 f"({args.accum}), so that every micro-batch has the same size")  # fmt: skip
+    if args.out is not None and not args.out.strip():
+        return "--out is empty: give a folder (default: out/SIZE)"
     out = Path(args.out or f"out/{args.size}")
     if problem := output_problem(out):
         return f"--out: {problem}"
     checkpoint = out / "ckpt.pt"
-    if args.resume and not checkpoint.is_file():
+    if args.resume == "yes" and not checkpoint.is_file():
         return f"--resume, but there is no checkpoint at {checkpoint}"
     if not args.resume and checkpoint.exists() and not args.overwrite:
         return f"{out} holds a run ({checkpoint}): continue it with --resume, start again with --overwrite, or give another --out"

@@ -53,9 +53,11 @@ def read_checkpoint(path, device="cpu") -> dict:
             raise ValueError(f"{path} holds Python objects besides tensors and plain data, which are not "
                              "loaded, for safety (torch.load with weights_only=True); it was not written by "
                              "coca_min's save_checkpoint") from None  # fmt: skip
-        raise ValueError(f"{path} is not a coca_min checkpoint (torch.load: {_first_line(error)})") from None
-    except Exception as error:  # another format: torch.load's unpickler fails in many ways
-        raise ValueError(f"{path} is not a coca_min checkpoint (torch.load: {_first_line(error)})") from None
+        raise ValueError(f"{path} is not a coca_min checkpoint (torch.load cannot read it: {_first_line(error)})") from None
+    except (OSError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise  # the file could not be read, or did not fit: not a question of its format
+    except Exception:  # another format: torch.load's unpickler fails in many ways, few of them readable
+        raise ValueError(f"{path} is not a coca_min checkpoint (not a file that torch.save wrote)") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "config" not in checkpoint:
         has = f"keys {sorted(map(str, checkpoint))[:4]}…" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         raise ValueError(f"{path} is not a coca_min checkpoint: expected a dict with 'model' and 'config' (as "
@@ -69,10 +71,19 @@ def config_of(checkpoint, path="the checkpoint") -> CoCaConfig:
     config, known = checkpoint["config"], {f.name for f in fields(CoCaConfig)}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: its 'config' is a {type(config).__name__}, not a dict of CoCaConfig fields")
-    unknown = sorted(set(config) - known)
+    unknown = sorted(map(str, set(config) - known))
     if unknown:
-        raise ValueError(f"{path}: its config has fields this coca_min does not know: {', '.join(map(str, unknown))}")
+        raise ValueError(f"{path}: its config has fields this coca_min does not know: {', '.join(unknown)}")
+    defaults = CoCaConfig()
+    for name, value in config.items():  # each as the default's type (an int where a float is expected too)
+        expected = type(getattr(defaults, name))
+        if getattr(defaults, name) is not None and not isinstance(value, expected) and not (expected is float and type(value) is int):
+            raise ValueError(f"{path}: its config's {name} is {value!r}, not {_a(expected.__name__)}")
     return CoCaConfig(**config)
+
+
+def _a(noun):
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def load_checkpoint(path, device="cpu") -> dict:

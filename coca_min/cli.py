@@ -5,7 +5,8 @@ argument or a missing file is reported in milliseconds, before torch, the data o
 
 - `Parser`: an ArgumentParser whose errors are one line (`train.py: error: argument --lr: …`)
   instead of the whole usage text, exit status 2.
-- `ranged(int, minimum=1)`: an argparse `type=` that refuses values out of range, NaN and inf.
+- `ranged(int, minimum=1)`: an argparse `type=` that refuses values out of range, NaN and inf;
+  `text`: non-empty UTF-8 text; `device_name`: auto, cpu, cuda, cuda:N.
 - `HelpWithDefaults`: --help shows each default once.
 """
 
@@ -17,14 +18,15 @@ from pathlib import Path
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        quiet = int(os.environ.get("LOCAL_RANK", 0)) > 0  # under torchrun: one line per machine, not per process
+        self.exit(2, None if quiet else f"{self.prog}: error: {message} (see --help)\n")
 
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each default once: argparse's, unless the help text states its own."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default:" in (action.help or ""):  # False: an off switch
+        if action.default is None or action.default is False or "default:" in (action.help or ""):  # False: a switch
             return action.help
         return super()._get_help_string(action)
 
@@ -38,7 +40,7 @@ def ranged(kind, minimum=None, maximum=None, above=None):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not math.isfinite(value):
+        if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be more than {above}, got {text}")
@@ -50,6 +52,18 @@ def ranged(kind, minimum=None, maximum=None, above=None):
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
+
+
+def text(value):
+    """An argparse `type=` for text that a tokenizer reads: non-empty, and valid UTF-8 (a
+    command line in another encoding gives Python undecodable bytes, as lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{value!r} has bytes that are not UTF-8") from None
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return value
 
 
 def device_name(text):

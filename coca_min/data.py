@@ -37,7 +37,7 @@ def preprocess(image: torch.Tensor, size: int, train: bool = False) -> torch.Ten
     _, H, W = image.shape
     side = min(H, W)
     if train:
-        side = int(side * (0.85 + 0.15 * torch.rand(()).item()))
+        side = max(1, int(side * (0.85 + 0.15 * torch.rand(()).item())))  # a 1 px image stays 1 px
         top, left = (torch.randint(n - side + 1, ()).item() for n in (H, W))
     else:
         top, left = (H - side) // 2, (W - side) // 2
@@ -59,7 +59,8 @@ def collate(batch, pad_id: int = PAD):
 
 
 class CaptionDataset(torch.utils.data.Dataset):
-    """Items are images, each with one or more captions; one caption is drawn per epoch."""
+    """Items are images, each with one or more captions; one caption is drawn per epoch. The
+    tokenizer may be None at first and set later (train.py trains one on `.captions`)."""
 
     def __init__(self, captions, tokenizer, context_length, train, seed):
         self.captions = captions  # list (one per image) of lists of str
@@ -83,6 +84,8 @@ class CaptionDataset(torch.utils.data.Dataset):
         return int(np.searchsorted(np.cumsum(weights), draw, side="right"))  # caption whose share holds it
 
     def tokens(self, index: int) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise ValueError("this data set has no tokenizer yet: set .tokenizer (e.g. Tokenizer.train on .captions)")
         text = self.captions[index][self.caption_index(index)]
         return torch.tensor(self.tokenizer.encode(text, self.context_length, pad=False))
 

@@ -91,12 +91,16 @@ def _caption_problem(caption):
     if caption is None:
         return "no caption"
     if not isinstance(caption, str):
-        return f"caption is a {type(caption).__name__}, not text"
+        return f"caption is not text but {_a(type(caption).__name__)}"
     if not caption.strip():
         return "empty caption"
     if _not_utf8(caption):
         return "caption has bytes that are not UTF-8"
     return None
+
+
+def _a(noun):
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def _image_problem(name, field="image"):
@@ -160,14 +164,16 @@ class CaptionManifest(ImageFiles):
         total, by_image = len(rows) + len(bad), {}  # bad: so far the lines that are not JSON
         for line, row in rows:
             if not isinstance(row, dict):
-                bad.append((line, f"expected an object with 'image' and 'caption', got a {type(row).__name__}"))
+                bad.append((line, f"expected an object with 'image' and 'caption', got {_a(type(row).__name__)}"))
+            elif "image" not in row:  # other field names, e.g. "file_name" and "text"
+                bad.append((line, f"expected the fields 'image' and 'caption', got {sorted(row)}"))
             elif why := _image_problem(row.get("image")) or _caption_problem(row.get("caption")):
                 bad.append((line, why))
             else:
                 by_image.setdefault(row["image"], []).append(row["caption"])
         bad = [f"line {line} ({why})" for line, why in sorted(bad)]
         if not by_image:
-            raise ValueError(f"{manifest}: no row has an image and a caption; " + "; ".join(bad[:3]))
+            raise ValueError(f"{manifest}: no row has an image and a caption" + ("; " + "; ".join(bad[:3]) if bad else " (it has no rows)"))
         _skip_or_raise(bad, total, f"rows of {manifest} without an image and a caption", strict)
         paths = [root / name for name in by_image]
         super().__init__(paths, list(by_image.values()), tokenizer, image_size, context_length, train, strict, seed)
@@ -182,23 +188,37 @@ def _jsonl_rows(manifest):
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as error:
                 bad.append((n, f"not JSON: {error.msg} at column {error.colno}"))
+            except RecursionError:
+                bad.append((n, "not JSON that can be read: nested too deeply"))
     return rows, bad
 
 
 def _csv_rows(manifest):
-    """[(line number where the row starts, row dict)], [] (the header names the fields)."""
-    reader = csv.DictReader(io.StringIO(_read_text(manifest), newline=""))
-    try:
-        header = reader.fieldnames or []
-        if "image" not in header or "caption" not in header:
-            raise ValueError(f"{manifest}: the first line must name the columns 'image' and 'caption'; it has {header}")
-        rows, start = [], reader.line_num + 1
-        for row in reader:
-            rows.append((start, {k: v for k, v in row.items() if k is not None}))  # None: extra fields
-            start = reader.line_num + 1
-    except csv.Error as error:
-        raise ValueError(f"{manifest} line {reader.line_num}: not CSV ({error})") from None
-    return rows, []
+    """[(line number where the row starts, row dict)], [(line number, why) of rows that are not
+    CSV]. The first line names the fields; blank lines are passed over. A quote that is never
+    closed is one bad row at the line where it opens (the reader is strict about quotes)."""
+    reader = csv.reader(io.StringIO(_read_text(manifest), newline=""), strict=True)
+    header, rows, bad = None, [], []
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # e.g. an unclosed quote, a field over csv's size limit
+            bad.append((start, f"not CSV: {error}"))
+            continue
+        if not fields:
+            continue  # a blank line
+        if header is None:
+            header = fields
+            if "image" not in header or "caption" not in header:
+                raise ValueError(f"{manifest}: the first line must name the columns 'image' and 'caption'; it has {header}")
+            continue
+        rows.append((start, dict(zip(header, fields))))  # a short row has no caption: found by the caller
+    if header is None:
+        raise ValueError(f"{manifest}: no row has an image and a caption (it has no rows)")
+    return rows, bad
 
 
 class CocoCaptions(ImageFiles):
@@ -216,21 +236,29 @@ class CocoCaptions(ImageFiles):
             data = json.loads(_read_text(annotations))
         except json.JSONDecodeError as error:
             raise ValueError(f"{annotations} is not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{annotations} is not COCO caption JSON (nested too deeply to read)") from None
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
             raise ValueError(f"{annotations}: expected COCO caption JSON, an object with lists 'images' and 'annotations'")
-        by_id, names, bad_images = {}, {}, []
+        by_id, names, bad_images, skipped = {}, {}, [], {}  # skipped: image id -> its place in "images"
         for n, image in enumerate(data["images"]):
-            if not isinstance(image, dict) or not isinstance(image.get("id"), (int, str)):
-                bad_images.append(f"images[{n}] (no id)")
+            image_id = image.get("id") if isinstance(image, dict) else None
+            if not isinstance(image, dict):
+                bad_images.append(f"images[{n}] ({_a(type(image).__name__)}, not an object)")
+            elif not isinstance(image_id, (int, str)):
+                bad_images.append(f"images[{n}] ({'no id' if image_id is None else f'id is {image_id!r}, not an int or str'})")
             elif why := _image_problem(image.get("file_name"), "file_name"):
                 bad_images.append(f"images[{n}] ({why})")
+                skipped[image_id] = n
             else:
-                by_id[image["id"]], names[image["id"]] = [], image["file_name"]
+                by_id[image_id], names[image_id] = [], image["file_name"]
         _skip_or_raise(bad_images, len(data["images"]), f"images of {annotations} without an id and a file_name", strict)
         bad = []
         for n, note in enumerate(data["annotations"]):
             if not isinstance(note, dict):
-                bad.append(f"annotations[{n}] (a {type(note).__name__}, not an object)")
+                bad.append(f"annotations[{n}] ({_a(type(note).__name__)}, not an object)")
+            elif isinstance(note.get("image_id"), (int, str)) and note["image_id"] in skipped:
+                bad.append(f"annotations[{n}] (its image, images[{skipped[note['image_id']]}], was skipped)")
             elif not isinstance(note.get("image_id"), (int, str)) or note["image_id"] not in by_id:
                 bad.append(f"annotations[{n}] (image_id {note.get('image_id')!r} names no image)")
             elif why := _caption_problem(note.get("caption")):
@@ -240,6 +268,6 @@ class CocoCaptions(ImageFiles):
         _skip_or_raise(bad, len(data["annotations"]), f"annotations of {annotations} without a usable caption", strict)
         captioned = [i for i in by_id if by_id[i]]  # images without captions are left out
         if not captioned:
-            raise ValueError(f"{annotations}: no image has a usable caption; " + "; ".join((bad_images + bad)[:3]))
+            raise ValueError(f"{annotations}: no image has a usable caption" + "".join(f"; {b}" for b in (bad_images + bad)[:3]))
         paths = [root / names[i] for i in captioned]
         super().__init__(paths, [by_id[i] for i in captioned], tokenizer, image_size, context_length, train, strict, seed)

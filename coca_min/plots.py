@@ -34,8 +34,11 @@ def plot_training(history, evaluations, out_dir) -> None:
             ax.plot(steps, _smooth(values), color="C0")
             ax.set_title(title)
             ax.set_xlabel("step")
-            ax.set_ylabel("loss (log scale)")
-            ax.set_yscale("log")
+            if min(values) > 0:  # a log scale shows the late, slow part of the curve
+                ax.set_ylabel("loss (log scale)")
+                ax.set_yscale("log")
+            else:  # e.g. the contrastive loss with --contrastive-weight 0 is 0 throughout
+                ax.set_ylabel("loss")
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / "losses.png", dpi=100)

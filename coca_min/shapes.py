@@ -220,17 +220,48 @@ def save_sample_grid(data, path, n=12) -> None:
     plt.close(fig)
 
 
+def save_png_folder(split_file, folder, count) -> int:
+    """The first `count` images of a saved split as PNG files, with every caption of each in a
+    JSONL manifest `captions.jsonl` (what `image_files.CaptionManifest` reads): image files to
+    try sample.py and train.py --data on. Returns how many were written."""
+    import json
+
+    from PIL import Image
+
+    with np.load(split_file) as data:
+        pixels, texts = data["pixels"][:count], data["captions"][:count]
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (image, captions_of_image) in enumerate(zip(pixels, texts)):
+        Image.fromarray(PALETTE[image]).save(folder / f"{i:05d}.png")
+        rows += [json.dumps({"image": f"{i:05d}.png", "caption": str(c)}) for c in captions_of_image]
+    (folder / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    return len(pixels)
+
+
 def main():
     import argparse
     import time
     from pathlib import Path
 
+    from .cli import Parser, ranged
     from .tokenizer import Tokenizer
 
-    parser = argparse.ArgumentParser(description="Regenerate the tiny shapes-with-captions set.")
+    parser = Parser(prog="python -m coca_min.shapes", description="Regenerate the tiny shapes-with-captions set, "
+                    "or (--png) write some of its images as PNG files with a manifest.")  # fmt: skip
     parser.add_argument("--out", default="tiny_data", help="output folder (default: tiny_data)")
-    parser.add_argument("--vocab-size", type=int, default=512, help="tokenizer's largest vocabulary")
+    parser.add_argument("--vocab-size", type=ranged(int, minimum=259), default=512, help="tokenizer's largest vocabulary")
+    parser.add_argument("--png", metavar="DIR", help="instead: write --count images of --split from tiny_data/ to DIR")
+    parser.add_argument("--split", default="test", choices=list(SPLITS), help="--png: which split (default: test)")
+    parser.add_argument("--count", type=ranged(int, minimum=1), default=16, help="--png: how many images (default: 16)")
     args = parser.parse_args()
+    if args.png:
+        source = Path(__file__).resolve().parents[1] / "tiny_data" / f"{args.split}.npz"
+        if not source.is_file():
+            parser.error(f"{source} not found; regenerate it with `python -m coca_min.shapes`")
+        written = save_png_folder(source, Path(args.png), args.count)
+        print(f"{written} {args.split} images -> {args.png}/00000.png …, captions in {args.png}/captions.jsonl")
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

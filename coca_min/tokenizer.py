@@ -129,8 +129,10 @@ class Tokenizer:
 
     @classmethod
     def from_state(cls, state: dict, source="tokenizer data") -> "Tokenizer":
-        if not isinstance(state, dict) or state.get("format") != "coca_min byte-level BPE" or state.get("version") != 1:
-            raise ValueError(f"{source} is not a coca_min tokenizer (format version 1)")
+        if (not isinstance(state, dict) or state.get("format") != "coca_min byte-level BPE" or state.get("version") != 1
+                or not isinstance(state.get("merges"), list)):  # fmt: skip
+            raise ValueError(f"{source} is not a coca_min tokenizer (expected what Tokenizer.save writes: "
+                             '{"format": "coca_min byte-level BPE", "version": 1, "merges": …})')  # fmt: skip
         return cls([tuple(pair) for pair in state["merges"]])
 
     def save(self, path) -> None:

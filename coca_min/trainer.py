@@ -48,19 +48,30 @@ def build_data(args, config):
             train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
             val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 256)
             return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)
-        kind = CocoCaptions if args.data.lower().endswith(".json") else CaptionManifest
-        sets = [kind(path, args.images, None, config.image_size, config.context_length, train=path == args.data,
-                     strict=args.strict, seed=args.seed) for path in [args.data, args.val_data] if path]  # fmt: skip
-        if args.tokenizer:
-            tokenizer = Tokenizer.load(args.tokenizer)
-        else:  # every rank trains the same tokenizer from the same captions: no communication needed
-            tokenizer = Tokenizer.train([c for caps in sets[0].captions for c in caps], args.vocab_size)
+        tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None  # None: trained below
+        sets = {}
+        for name, path in [("train", args.data), ("val", args.val_data)]:  # each file in its own format
+            kind = CocoCaptions if path and path.lower().endswith(".json") else CaptionManifest
+            sets[name] = kind(path, args.images, tokenizer, config.image_size, config.context_length,
+                              train=name == "train", strict=args.strict, seed=args.seed) if path else None  # fmt: skip
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
-    for dataset in sets:
-        dataset.tokenizer = tokenizer  # the sets were read (and their images checked) once, before it existed
-    val = sets[1] if args.val_data else None
-    return sets[0], tokenizer, val, replace(config, vocab_size=tokenizer.vocab_size)
+    if tokenizer is None:  # every rank trains the same tokenizer from the same captions: no communication
+        tokenizer = Tokenizer.train([c for caps in sets["train"].captions for c in caps], args.vocab_size)
+        for dataset in filter(None, sets.values()):
+            dataset.tokenizer = tokenizer  # read once (and their images checked once), before it existed
+    return sets["train"], tokenizer, sets["val"], replace(config, vocab_size=tokenizer.vocab_size)
+
+
+def make_optimizer(model, args, fused=False):
+    """AdamW with weight decay on matrices only (not biases, norms, the scale), and the image
+    encoder's own learning rate (`--image-lr-scale` × the schedule's)."""
+    groups = []
+    for name_is_image, scale in [(True, args.image_lr_scale), (False, 1.0)]:
+        params = [p for n, p in model.named_parameters() if n.startswith("image_encoder.") == name_is_image]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=fused)
 
 
 class ResumableSampler(DistributedSampler):
@@ -124,12 +135,7 @@ def train(args):
 
     train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size])
     model = CoCa(config).to(device)
-    groups = []  # weight decay on matrices only (not biases, norms, the scale); own lr for the ViT
-    for name_is_image, scale in [(True, args.image_lr_scale), (False, 1.0)]:
-        params = [p for n, p in model.named_parameters() if n.startswith("image_encoder.") == name_is_image]
-        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=on_gpu)
+    optimizer = make_optimizer(model, args, fused=on_gpu)
     step, total_steps, history, evaluations = 0, args.steps, [], []
     run = {"budgeted": args.steps is None, "train_seconds": 0.0, "lr_progress": 0.0, "quarters_done": 0, "warmup": None}
     if saved is not None:
@@ -142,6 +148,10 @@ def train(args):
         run["budgeted"] = run["budgeted"] and args.steps is None  # --steps N ends a time budget
         torch.set_rng_state(saved["rng"]["torch"].cpu())
         random.setstate(saved["rng"]["python"])
+        changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {saved['args'][k]})" for k in RECIPE
+                   if k in saved.get("args", {}) and str(getattr(args, k)) != saved["args"][k]]  # fmt: skip
+        if main_process and changed:
+            print(f"note: resuming with {', '.join(changed)}: the run goes on, but not as it would have")
         if main_process and total_steps is not None and step >= total_steps:
             print(f"{ckpt_path} is a finished run ({step} steps); evaluating it again (--steps N trains on to N)")
         elif main_process:
@@ -198,7 +208,8 @@ def train(args):
                 return next(batches)
         except (OSError, ValueError) as error:  # --strict: an image that broke after the check
             progress_report.close()
-            last_line = str(error).strip().splitlines()[-1]  # a loader worker's error ends with the original one
+            last_line = str(error).strip().splitlines()[-1]  # a loader worker's error ends with the original one,
+            last_line = last_line.removeprefix(f"{type(error).__name__}: ")  # as "OSError: could not decode …"
             sys.exit(f"stopping: {last_line}. The last good checkpoint is {ckpt_path} (step {last_saved}).")
 
     stop_requested = False
@@ -269,12 +280,16 @@ def train(args):
                     print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume")
                 signal.signal(signal.SIGINT, previous_handler)
                 D.cleanup()
-                return
+                sys.exit(130)  # 128 + SIGINT: `train.py && next` does not go on after a Ctrl-C
     progress_report.close()
     signal.signal(signal.SIGINT, previous_handler)
     if main_process:
         final_report(model, tokenizer, val_set, args, config, budget.spent(), step)
     D.cleanup()
+
+
+RECIPE = ["data", "images", "tokenizer", "vocab_size", "batch_size", "accum", "lr", "image_lr_scale", "min_lr_ratio",
+          "weight_decay", "grad_clip", "caption_weight", "contrastive_weight", "seed", "dtype"]  # what a resume should keep
 
 
 def read_resumed(path, device, preset):
@@ -284,10 +299,10 @@ def read_resumed(path, device, preset):
         saved = read_checkpoint(path, device)
     except (OSError, ValueError) as error:
         sys.exit(f"error: --resume: {error}")
-    missing = [key for key in ("optimizer", "step", "history", "evaluations", "rng") if key not in saved]
+    missing = [key for key in ("optimizer", "step", "total_steps", "history", "evaluations", "rng") if key not in saved]
     if missing:
         sys.exit(f"error: --resume: {path} holds a model but not a training run (no {', '.join(missing)})")
-    refuse_another_config(saved, replace(preset, vocab_size=saved["config"]["vocab_size"]), path)
+    refuse_another_config(saved, replace(preset, vocab_size=config_of(saved, path).vocab_size), path)
     return saved
 
 
@@ -365,7 +380,9 @@ def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
     report["run"] = {"steps": step, "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.monotonic() - t0, 1),
                      "parameters": sum(p.numel() for p in model.parameters()), "size": args.size}  # fmt: skip
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    what = ("whole test splits; zero-shot on `classes`; hard negatives on 500 test images" if args.data == "tiny"
+    n = args.eval_images
+    what = ((f"the first {n} images of each split (--eval-images)" if n else
+             "whole test splits; zero-shot on `classes`; hard negatives on 500 test images") if args.data == "tiny"
             else f"{args.val_data}" if val_set is not None else "no evaluation set")  # fmt: skip
     print(f"\nfinal report ({what}):")
     print(f"{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))

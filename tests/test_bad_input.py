@@ -10,6 +10,7 @@ model is loaded), which the probe below checks by looking at sys.modules at exit
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -31,8 +32,8 @@ PROBE = ("import atexit, runpy, sys; atexit.register(lambda: print('torch import
 
 
 def run_command(script, args, cwd):
-    command = [sys.executable, "-c", PROBE, str(ROOT / script), *map(str, args)]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", PROBE, str(ROOT / script), *(a if isinstance(a, bytes) else str(a) for a in args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, errors="backslashreplace", timeout=300)
 
 
 def png(path, size=32):
@@ -94,26 +95,59 @@ DATA_CASES = {  # name: (write the file -> path, the loader, what the skip names
     "csv a row without its caption field": (
         lambda t: (t / "pairs.csv").write_text("image,caption\na.png,a red square\nb.png\n") and t / "pairs.csv",
         CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(no caption\)"),
+    "csv blank lines before a bad row": (
+        lambda t: (t / "pairs.csv").write_text("image,caption\n\nb.png\na.png,a red square\n") and t / "pairs.csv",
+        CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(no caption\)"),
+    "csv a quote never closed": (
+        lambda t: (t / "pairs.csv").write_text('image,caption\na.png,a red square\nb.png,"a blue\nc.png,green\n') and t / "pairs.csv",
+        CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(not CSV: unexpected end of data\)"),
+    "jsonl nested too deeply": (
+        lambda t: jsonl(t, [GOOD, b"[" * 100_000]), CaptionManifest, r"line 2 \(not JSON that can be read: nested too deeply\)"),
     "jsonl a null caption": (
         lambda t: jsonl(t, [GOOD, b'{"image": "b.png", "caption": null}']),
         CaptionManifest, r"1 of 2 rows of .*pairs\.jsonl.*line 2 \(no caption\)"),
+    "jsonl other field names": (
+        lambda t: jsonl(t, [GOOD, b'{"file_name": "b.png", "text": "a blue circle"}']),
+        CaptionManifest, r"line 2 \(expected the fields 'image' and 'caption', got \['file_name', 'text'\]\)"),
+    "jsonl a caption that is a number": (
+        lambda t: jsonl(t, [GOOD, b'{"image": "b.png", "caption": 7}']),
+        CaptionManifest, r"line 2 \(caption is not text but an int\)"),
     "jsonl an image that is not a file name": (
         lambda t: jsonl(t, [GOOD, b'{"image": 7, "caption": "a blue circle"}']),
         CaptionManifest, r"line 2 \(image is 7, not a file name\)"),
 }
 
 
+KEPT = {"jsonl a line that is not JSON": ["a red square", "a red square"], "coco bytes that are not UTF-8": ["red"],
+        "coco an annotation without a caption": ["red"], "coco an image_id that names no image": ["red"],
+        "coco an image without a file_name": ["red"],
+        "csv blank lines before a bad row": ["a red square"], "csv a quote never closed": ["a red square"]}  # fmt: skip
+
+
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_a_bad_row_is_skipped_and_counted_or_with_strict_an_error(case, tmp_path, folder):
     write, loader, named = DATA_CASES[case]
+    kept = KEPT.get(case, ["a red square"])
     path = write(tmp_path)
     with pytest.warns(UserWarning, match=named) as caught:
         data = loader(path, folder, Tokenizer(), 32)
     assert len(caught) == 1 and "\n" not in str(caught[0].message)  # one warning, one line
-    assert data.captions and all(isinstance(c, str) for caps in data.captions for c in caps)  # the good rows are kept
+    assert [c for caps in data.captions for c in caps] == kept  # the good rows, and only they, are kept
     with pytest.raises(ValueError, match=named.replace("1 of", "^1 of")) as error:
         loader(path, folder, Tokenizer(), 32, strict=True)
     assert "\n" not in str(error.value)
+
+
+def test_an_annotation_of_a_skipped_image_entry_says_so(tmp_path, folder):
+    path = coco(tmp_path, [{"image_id": 1, "caption": "red"}, {"image_id": 2, "caption": "blue"}],
+                [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": 5}])  # fmt: skip
+    with pytest.warns(UserWarning) as caught:
+        data = CocoCaptions(path, folder, Tokenizer(), 32)
+    assert [str(w.message).split(": ", 1)[1] for w in caught] == [
+        "images[1] (file_name is 5, not a file name)", "annotations[1] (its image, images[1], was skipped)"]
+    assert data.captions == [["red"]]
+    with pytest.raises(ValueError, match=r"^1 of 2 images of .*images\[1\] \(file_name is 5"):
+        CocoCaptions(path, folder, Tokenizer(), 32, strict=True)  # the first problem found stops it
 
 
 def truncated_jpeg(tmp_path, folder):
@@ -138,6 +172,7 @@ def test_a_truncated_jpeg_is_named_at_load_with_strict_and_at_fetch_without(tmp_
 @pytest.mark.parametrize("case, write, named", [
     ("every row bad", lambda t: jsonl(t, [b'{"image": "a.png"}', b"{"]),
      r"pairs\.jsonl: no row has an image and a caption; line 1 \(no caption\); line 2 \(not JSON"),
+    ("an empty manifest", lambda t: jsonl(t, [b""]), r"pairs\.jsonl: no row has an image and a caption \(it has no rows\)$"),
     ("a csv header without the columns", lambda t: (t / "p.csv").write_text("file,text\na.png,red\n") and t / "p.csv",
      r"p\.csv: the first line must name the columns 'image' and 'caption'; it has \['file', 'text'\]"),
     ("coco json that is not JSON", lambda t: (t / "c.json").write_text('{"images": [}') and t / "c.json",
@@ -165,6 +200,7 @@ TRAIN_CASES = [  # (id, arguments (paths relative to tmp_path), words the line m
     ("batch-size 0", ["--batch-size", 0], "argument --batch-size: must be at least 1, got 0"),
     ("batch-size -3", ["--batch-size", -3], "argument --batch-size: must be at least 1, got -3"),
     ("batch-size text", ["--batch-size", "many"], "argument --batch-size: expected an integer, got 'many'"),
+    ("batch-size of 400 digits", ["--batch-size", "1" * 401, "--accum", 2], "--batch-size " + "1" * 401 + " must be divisible"),
     ("accum 0", ["--accum", 0], "argument --accum: must be at least 1, got 0"),
     ("lr -1", ["--lr", -1], "argument --lr: must be more than 0, got -1"),
     ("lr nan", ["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
@@ -191,10 +227,15 @@ TRAIN_CASES = [  # (id, arguments (paths relative to tmp_path), words the line m
     ("val-data missing", ["--data", "pairs.jsonl", "--images", "images", "--val-data", "v.jsonl"], "--val-data: no such file: v.jsonl"),
     ("images with the tiny set", ["--images", "images"], "--images is for --data FILE (a manifest or COCO json), but --data is 'tiny'"),
     ("a size tiny_data cannot feed", ["--size", "base"], "--size base takes 288 px images, but tiny_data's are 48 px"),
+    ("vocab-size with the tiny set", ["--vocab-size", 300], "--vocab-size is for --data FILE"),
+    ("strict with the tiny set", ["--strict"], "--strict is for --data FILE"),
+    ("batch-size 1", ["--batch-size", 1], "--batch-size 1: the contrastive loss needs at least 2 pairs per step"),
+    ("out empty", ["--out", ""], "--out is empty: give a folder"),
+    ("resume and overwrite", ["--resume", "--overwrite", "--out", "old_run"], "give --resume (continue the run in --out) or --overwrite"),
 ]
 TRAIN_CASES_AFTER_TORCH = [  # these need torch (a checkpoint to read, a GPU to look for) or the data
     ("resume a file that is not a checkpoint", ["--resume", "--out", "old_run"],
-     "error: --resume: old_run/ckpt.pt is not a coca_min checkpoint (torch.load: "),
+     "error: --resume: old_run/ckpt.pt is not a coca_min checkpoint (not a file that torch.save wrote)"),
     ("device cuda:99", ["--device", "cuda:99", "--steps", 1], "error: --device cuda:99, but torch sees"),
     ("every row of the manifest bad", ["--data", "bad.jsonl", "--images", "images", "--steps", 1],
      "error: bad.jsonl: no row has an image and a caption; line 1 (no caption)"),
@@ -229,6 +270,9 @@ def sample_files(tmp_path, folder):
     (tmp_path / "text.pt").write_text("this is not a checkpoint")
     torch.save({"model": {}, "config": {}, "args": argparse.Namespace(lr=1)}, tmp_path / "pickled.pt")
     torch.save(CoCa(PRESETS["tiny"]).state_dict(), tmp_path / "bare.pt")
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    saved["config"]["vision_width"] = "wide"
+    torch.save(saved, tmp_path / "odd_config.pt")
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     return tmp_path
 
@@ -245,17 +289,33 @@ SAMPLE_CASES = [  # (id, arguments, words the line must hold)
     ("folder missing", ["--checkpoint", "ckpt.pt", "--query", "red", "--folder", "nowhere"], "--folder: no such folder: nowhere"),
     ("image and query", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--query", "red", "--folder", "images"], "not both"),
     ("nothing to do", ["--checkpoint", "ckpt.pt"], "give --image FILE"),
+    ("query empty", ["--checkpoint", "ckpt.pt", "--query", " ", "--folder", "images"], "argument --query: is empty"),
+    ("query not UTF-8", ["--checkpoint", "ckpt.pt", "--query", b"caf\xe9", "--folder", "images"],
+     "argument --query: 'caf\\udce9' has bytes that are not UTF-8"),
+    ("an empty class", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--classes", "red", ""], "argument --classes: is empty"),
+    ("one class", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--classes", "a red circle"],
+     "--classes needs at least two different prompts"),
+    ("a class twice", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--classes", "red", "red"],
+     "--classes needs at least two different prompts"),
+    ("beams without beam search", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--beams", 3],
+     "--beams is for captioning with --method beam; it would be ignored here"),
+    ("top-p with beam search", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--method", "beam", "--top-p", 0.9],
+     "--top-p is for captioning with --method sample"),
+    ("folder without query", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--folder", "images"],
+     "--folder is for --query TEXT (search)"),
     ("min above max", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--min-length", 5, "--max-length", 2],
      "--min-length 5 is more than --max-length 2"),
 ]
 SAMPLE_CASES_AFTER_TORCH = [
     ("not a checkpoint", ["--checkpoint", "text.pt", "--image", "images/a.png"],
-     "error: --checkpoint: text.pt is not a coca_min checkpoint (torch.load: "),
+     "error: --checkpoint: text.pt is not a coca_min checkpoint (not a file that torch.save wrote)"),
     ("objects weights_only refuses", ["--checkpoint", "pickled.pt", "--image", "images/a.png"],
      "error: --checkpoint: pickled.pt holds Python objects besides tensors and plain data, which are not loaded, for safety"),
     ("a bare state_dict", ["--checkpoint", "bare.pt", "--image", "images/a.png"],
      "error: --checkpoint: bare.pt is not a coca_min checkpoint: expected a dict with 'model' and 'config'"),
     ("image unreadable", ["--checkpoint", "ckpt.pt", "--image", "images/broken.png"], "error: cannot read image images/broken.png"),
+    ("a config of the wrong types", ["--checkpoint", "odd_config.pt", "--image", "images/a.png"],
+     "error: --checkpoint: odd_config.pt: its config's vision_width is 'wide', not an int"),
 ]
 
 
@@ -268,3 +328,24 @@ def test_sample_py_bad_input_is_one_line(case, args, words, sample_files):
     assert words in lines[0], lines[0]
     after_torch = case in [c[0] for c in SAMPLE_CASES_AFTER_TORCH]
     assert result.stdout.strip() == ("torch imported" if after_torch else "torch not imported")
+
+
+def test_help_states_every_default_once(capsys):
+    import train
+
+    with pytest.raises(SystemExit) as done:
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert done.value.code == 0
+    assert "--seed SEED seed of the model, data order and crops (default: 0)" in text  # a default of 0 is shown
+    assert "--eval-every EVAL_EVERY evaluate and save every N steps" in text and "(default: 0)" in text
+    assert "(default: False)" not in text and "(default: None)" not in text  # switches and unset values are not
+
+
+def test_under_torchrun_only_the_first_process_of_a_machine_prints_an_argument_error(tmp_path):
+    for local_rank, printed in [("0", True), ("1", False)]:
+        environment = {**os.environ, "RANK": local_rank, "LOCAL_RANK": local_rank, "WORLD_SIZE": "2"}
+        command = [sys.executable, str(ROOT / "train.py"), "--lr", "-1"]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=60)
+        assert result.returncode == 2 and ("argument --lr: must be more than 0" in result.stderr) == printed
+        assert printed or result.stderr == ""  # the others exit with the same status, silently

@@ -178,7 +178,7 @@ def test_missing_paths_are_named(tmp_path, image_folder, tokenizer):
         CocoCaptions(tmp_path / "c.json", tmp_path / "no_such_folder", tokenizer, 32)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"file": "a.png", "text": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"no row has an image and a caption; line 1 \(no image\)"):
+    with pytest.raises(ValueError, match=r"no row has an image and a caption; line 1 \(expected the fields 'image' and 'caption', got \['file', 'text'\]\)"):
         CaptionManifest(bad, image_folder, tokenizer, 32)
     with pytest.raises(ValueError, match="unknown tiny_data split 'tets'"):
         TinyShapes("tets")

@@ -74,6 +74,13 @@ def test_sample_zero_shot_and_search(monkeypatch, capsys, checkpoint):
     out = run_sample(monkeypatch, capsys, "--checkpoint", checkpoint / "ckpt.pt", "--query", "a red circle",
                      "--folder", moved, "--top", 2)  # fmt: skip
     assert out.splitlines()[0] == 'images ranked for "a red circle":' and len(out.splitlines()) == 3
+    (moved / "broken.png").write_bytes(b"not a png")  # one bad file does not stop a search of the rest
+    monkeypatch.setattr("sys.argv", ["sample.py", "--checkpoint", str(checkpoint / "ckpt.pt"), "--query", "red",
+                                     "--folder", str(moved), "--top", "5"])  # fmt: skip
+    runpy.run_path(str(SAMPLE), run_name="__main__")
+    out, err = capsys.readouterr()
+    assert err == f"warning: skipping 1 of 4 images that cannot be read: {moved / 'broken.png'}\n"
+    assert len(out.splitlines()) == 4 and "broken" not in out  # the three readable images, ranked
 
 
 def test_sample_a_prompt_too_long_for_the_context_is_one_error(monkeypatch, capsys, checkpoint):

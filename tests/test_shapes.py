@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from coca_min import shapes
 from coca_min.data import TINY_DATA
@@ -120,3 +121,15 @@ def test_grid_cells_are_blocks_of_the_tiny_models_patches():
     patch = PRESETS["tiny"].patch_size
     assert 3 * shapes.CELL == shapes.IMAGE_SIZE and shapes.CELL % patch == 0
     assert all(c % patch == 0 and c == (i + 0.5) * shapes.CELL for i, c in enumerate(shapes.CELL_CENTRES))
+
+
+def test_png_export_is_a_manifest_that_reads_back_the_same_images(tmp_path):
+    from coca_min.data import TinyShapes
+    from coca_min.image_files import CaptionManifest
+
+    assert shapes.save_png_folder(TINY_DATA / "test.npz", tmp_path, 5) == 5
+    test = TinyShapes("test", limit=5)
+    files = CaptionManifest(tmp_path / "captions.jsonl", tmp_path, test.tokenizer, image_size=48)
+    assert files.captions == test.captions  # every caption of each image, in order
+    for i in range(5):  # PNG is lossless and 48 px needs no resizing: the very same pixels
+        assert torch.equal(files.load(i), test.images([i])[0])

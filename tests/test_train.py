@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import train
 from coca_min import PRESETS, CoCa, trainer
@@ -41,6 +42,15 @@ def test_short_run_lowers_the_loss_and_writes_report_history_and_plots(tmp_path)
         assert (tmp_path / picture).stat().st_size > 5000, picture
     assert saved["evaluations"] and "zero_shot_top1" in saved["evaluations"][-1]
     assert load_checkpoint(tmp_path / "ckpt.pt")["model"].config.vocab_size == 366
+
+
+def test_resume_with_another_recipe_says_so(tmp_path, capsys):
+    run(tmp_path, "--steps", 2)
+    capsys.readouterr()
+    run(tmp_path, "--steps", 3, "--resume", "--lr", 1e-3, "--batch-size", 8)
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: resuming with --batch-size 8 (the run used 16), --lr 0.001 (the run used 0.002): the run "
+                     "goes on, but not as it would have"]  # fmt: skip
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -147,7 +157,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output
+    assert process.returncode == 130, output  # 128 + SIGINT, as a shell expects of an interrupted command
     saved = read_checkpoint(tmp_path / "ckpt.pt")
     assert saved["reason"] == "interrupted" and saved["step"] > 0
     assert "continue with --resume" in output
@@ -169,8 +179,6 @@ def test_torchrun_two_processes_on_cpu_with_the_default_time_budget(tmp_path):
 def write_manifest(folder, count=32, bad_row=True):
     """`count` tiny_data images as PNG files and a JSONL manifest of them (plus a row without a
     caption): real data on disk, as a user's would be."""
-    from PIL import Image
-
     from coca_min import shapes
     from coca_min.data import TinyShapes
 
@@ -188,28 +196,43 @@ def write_manifest(folder, count=32, bad_row=True):
 
 def test_real_data_from_a_manifest_trains_and_a_bad_row_is_one_warning_line(tmp_path):
     manifest = write_manifest(tmp_path)
+    Image.new("RGB", (1, 1)).save(tmp_path / "images" / "dot.png")  # scraped sets hold 1-pixel placeholders
+    with open(manifest, "a") as f:
+        f.write(json.dumps({"image": "dot.png", "caption": "a placeholder"}) + "\n")
+    coco = {"images": [{"id": i, "file_name": f"{i}.png"} for i in range(8)],
+            "annotations": [{"image_id": i, "caption": f"image {i}"} for i in range(8)] + [{"image_id": 99, "caption": "x"}]}
+    (tmp_path / "val.json").write_text(json.dumps(coco, indent=1))  # COCO, pretty-printed: read as COCO, not JSONL
     command = [sys.executable, str(ROOT / "train.py"), "--data", "pairs.jsonl", "--images", "images", "--val-data",
-               "pairs.jsonl", "--vocab-size", "300", "--steps", "2", "--batch-size", "8", "--threads", "2"]  # fmt: skip
+               "val.json", "--vocab-size", "300", "--steps", "4", "--batch-size", "16", "--threads", "2"]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "warn" in line.lower()]
-    skip = "warning: skipping 1 of 33 rows of pairs.jsonl without an image and a caption: line 33 (no caption)"
-    assert warnings == [skip], result.stderr  # one line (the same words for the validation set are not repeated)
+    assert warnings == [
+        "warning: skipping 1 of 34 rows of pairs.jsonl without an image and a caption: line 33 (no caption)",
+        "warning: skipping 1 of 9 annotations of val.json without a usable caption: annotations[8] (image_id 99 names no image)",
+    ], result.stderr  # one line each
     saved = load_checkpoint(tmp_path / "out" / "tiny" / "ckpt.pt")
-    assert saved["step"] == 2 and saved["tokenizer"].vocab_size == saved["model"].config.vocab_size == 300
+    assert saved["step"] == 4 and saved["tokenizer"].vocab_size == saved["model"].config.vocab_size == 300
     report = json.loads((tmp_path / "out" / "tiny" / "report.json").read_text())
-    assert 0 <= report["val"]["image_to_text_R@1"] <= 1 and report["run"]["steps"] == 2
-    assert manifest.read_text().count("\n") == 33  # the manifest is read, never changed
+    assert 0 <= report["val"]["image_to_text_R@1"] <= 1 and report["run"]["steps"] == 4
+    assert manifest.read_text().count("\n") == 34  # the manifest is read, never changed
 
 
-def test_a_strict_run_stops_in_one_line_on_an_image_that_breaks_after_the_check(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 1])  # in this process, or in a data-loader worker
+def test_a_strict_run_stops_in_one_line_on_an_image_that_breaks_after_the_check(tmp_path, monkeypatch, workers):
     write_manifest(tmp_path, bad_row=False)
     (tmp_path / "images" / "5.png").write_bytes(b"\x89PNG broken after the check")
     monkeypatch.setattr("coca_min.image_files._unreadable", lambda path, decode=False: None)  # the check passes it
     with pytest.raises(SystemExit, match=r"^stopping: could not decode .*5\.png \(.*\)\. The last good checkpoint is "
                                          r".*ckpt\.pt \(step \d\)\.$"):  # fmt: skip
         run(tmp_path / "out", "--data", tmp_path / "pairs.jsonl", "--images", tmp_path / "images", "--strict",
-            "--vocab-size", "300", "--steps", "8", "--batch-size", "8")  # fmt: skip
+            "--vocab-size", "300", "--steps", "8", "--batch-size", "8", "--workers", workers)  # fmt: skip
+
+
+def test_resume_auto_starts_a_run_or_continues_it(tmp_path):
+    assert run(tmp_path, "--steps", 2, "--resume", "auto")["step"] == 2  # nothing there: starts
+    saved = run(tmp_path, "--steps", 3, "--resume", "auto")  # a run there: continues it
+    assert saved["step"] == 3 and [h["step"] for h in saved["history"]] == [1, 2, 3]
 
 
 def test_training_twice_into_one_folder_needs_resume_or_overwrite(tmp_path):
