@@ -58,8 +58,11 @@ def read_checkpoint(path, device="cpu") -> dict:
         raise  # the file could not be read, or did not fit: not a question of its format
     except Exception:  # another format: torch.load's unpickler fails in many ways, few of them readable
         raise ValueError(f"{path} is not a coca_min checkpoint (not a file that torch.save wrote)") from None
+    if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path} is a bare state_dict ({len(checkpoint)} tensors), not a coca_min checkpoint: it has no "
+                         "config or tokenizer; coca_min.checkpoint.save_checkpoint writes them with the weights")  # fmt: skip
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "config" not in checkpoint:
-        has = f"keys {sorted(map(str, checkpoint))[:4]}…" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
+        has = f"keys {sorted(map(str, checkpoint))[:3]}" if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}"
         raise ValueError(f"{path} is not a coca_min checkpoint: expected a dict with 'model' and 'config' (as "
                          f"save_checkpoint writes), found {has}")  # fmt: skip
     config_of(checkpoint, path)  # a config this version can build

@@ -187,7 +187,7 @@ def _jsonl_rows(manifest):
             try:
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as error:
-                bad.append((n, f"not JSON: {error.msg} at column {error.colno}"))
+                bad.append((n, f"not JSON: {error.msg} (column {error.colno})"))
             except RecursionError:
                 bad.append((n, "not JSON that can be read: nested too deeply"))
     return rows, bad

@@ -79,7 +79,7 @@ DATA_CASES = {  # name: (write the file -> path, the loader, what the skip names
         CocoCaptions, r"1 of 2 annotations of .*c\.json.*annotations\[1\] \(caption has bytes that are not UTF-8\)"),
     "jsonl a line that is not JSON": (
         lambda t: jsonl(t, [GOOD, b'{"image": "b.png", "caption": "a blue', GOOD]),
-        CaptionManifest, r"1 of 3 rows of .*pairs\.jsonl.*line 2 \(not JSON: Unterminated string"),
+        CaptionManifest, r"1 of 3 rows of .*pairs\.jsonl.*line 2 \(not JSON: Unterminated string starting at \(column 31\)\)"),
     "jsonl a line that is not an object": (
         lambda t: jsonl(t, [GOOD, b'["b.png", "a blue circle"]']),
         CaptionManifest, r"1 of 2 rows .*line 2 \(expected an object with 'image' and 'caption', got a list\)"),
@@ -312,7 +312,8 @@ SAMPLE_CASES_AFTER_TORCH = [
     ("objects weights_only refuses", ["--checkpoint", "pickled.pt", "--image", "images/a.png"],
      "error: --checkpoint: pickled.pt holds Python objects besides tensors and plain data, which are not loaded, for safety"),
     ("a bare state_dict", ["--checkpoint", "bare.pt", "--image", "images/a.png"],
-     "error: --checkpoint: bare.pt is not a coca_min checkpoint: expected a dict with 'model' and 'config'"),
+     f"error: --checkpoint: bare.pt is a bare state_dict ({len(CoCa(PRESETS['tiny']).state_dict())} tensors), not a "
+     "coca_min checkpoint: it has no config"),
     ("image unreadable", ["--checkpoint", "ckpt.pt", "--image", "images/broken.png"], "error: cannot read image images/broken.png"),
     ("a config of the wrong types", ["--checkpoint", "odd_config.pt", "--image", "images/a.png"],
      "error: --checkpoint: odd_config.pt: its config's vision_width is 'wide', not an int"),

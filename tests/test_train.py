@@ -229,19 +229,16 @@ def test_a_strict_run_stops_in_one_line_on_an_image_that_breaks_after_the_check(
             "--vocab-size", "300", "--steps", "8", "--batch-size", "8", "--workers", workers)  # fmt: skip
 
 
-def test_resume_auto_starts_a_run_or_continues_it(tmp_path):
-    assert run(tmp_path, "--steps", 2, "--resume", "auto")["step"] == 2  # nothing there: starts
-    saved = run(tmp_path, "--steps", 3, "--resume", "auto")  # a run there: continues it
-    assert saved["step"] == 3 and [h["step"] for h in saved["history"]] == [1, 2, 3]
-
-
 def test_training_twice_into_one_folder_needs_resume_or_overwrite(tmp_path):
-    run(tmp_path, "--steps", 1)
+    assert run(tmp_path, "--steps", 1, "--resume", "auto")["step"] == 1  # auto, and nothing there: starts
     first = (tmp_path / "ckpt.pt").read_bytes()
     with pytest.raises(SystemExit):
         run(tmp_path, "--steps", 1)  # the message: tests/test_bad_input.py
     assert (tmp_path / "ckpt.pt").read_bytes() == first  # nothing lost
-    assert run(tmp_path, "--steps", 2, "--overwrite", "--seed", 1)["history"][0]["step"] == 1  # started again
+    saved = run(tmp_path, "--steps", 2, "--resume", "auto")  # auto, and a run there: continues it
+    assert saved["step"] == 2 and [h["step"] for h in saved["history"]] == [1, 2]
+    again = run(tmp_path, "--steps", 1, "--overwrite", "--seed", 1)
+    assert again["step"] == 1 and len(again["history"]) == 1  # started again, not continued
 
 
 COLLECTIVES = {"all_reduce", "all_gather", "broadcast", "barrier", "reduce", "gather", "scatter", "all_to_all",
