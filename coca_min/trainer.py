@@ -383,9 +383,12 @@ def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
     n = args.eval_images
     what = ((f"the first {n} images of each split (--eval-images)" if n else
              "whole test splits; zero-shot on `classes`; hard negatives on 500 test images") if args.data == "tiny"
-            else f"{args.val_data}" if val_set is not None else "no evaluation set")  # fmt: skip
-    print(f"\nfinal report ({what}):")
-    print(f"{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))
+            else f"{args.val_data}" if val_set is not None else None)  # fmt: skip
+    if what is None:
+        print("\nno final report: there is no evaluation set (give --val-data FILE)")
+    else:
+        print(f"\nfinal report ({what}):")
+        print(f"{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))
     rows = sorted({k for split, r in report.items() if split != "run" for k, v in r.items() if isinstance(v, float)})
     for key in rows:
         print(f"{key:<24}" + "".join(f"{r[key]:>13.3f}" if key in r else f"{'':>13}" for s, r in report.items() if s != "run"))
