@@ -66,7 +66,7 @@ def check_arguments(args):
     if args.classes is not None:
         if searching:
             return "--classes is for --image FILE … (zero-shot classification), not for --query"
-        if len(args.classes) < 2 or len(set(args.classes)) < len(args.classes):
+        if len(args.classes) < 2 or len({c.strip() for c in args.classes}) < len(args.classes):
             return "--classes needs at least two different prompts to choose among"
     for flag, value, method in [("--beams", args.beams, "beam"), ("--length-penalty", args.length_penalty, "beam"),
                                 ("--temperature", args.temperature, "sample"), ("--top-k", args.top_k, "sample"),
@@ -96,7 +96,11 @@ def main(argv=None):
     model, tokenizer = checkpoint["model"], checkpoint["tokenizer"]
     if tokenizer is None:
         sys.exit(f"error: --checkpoint: {args.checkpoint} has no tokenizer (saved without one), so it cannot read or write text")
-    size = model.config.image_size
+    size, context = model.config.image_size, model.config.context_length
+    for flag, texts in [("--query", [args.query]), ("--classes", args.classes or [])]:
+        for t in texts:  # [BOS] … [EOS] must fit, or the text would be cut without a word
+            if t is not None and len(tokenizer.encode(t)) > context:
+                sys.exit(f"error: {flag} {t[:40]!r}… is {len(tokenizer.encode(t))} tokens; the model reads at most {context}")
     torch.manual_seed(args.seed)
 
     if args.query is not None:

@@ -11,13 +11,15 @@ The training loop is `coca_min/trainer.py`.
 """
 
 import argparse
+import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
 from coca_min import PRESETS, shapes
-from coca_min.cli import HelpWithDefaults, Parser, device_name, file_problem, folder_problem, output_problem, ranged
+from coca_min.cli import (RUN_SETTINGS, HelpWithDefaults, Parser, device_name, file_problem, folder_problem, given_options,
+                          output_problem, ranged)
 
 MANIFESTS = (".jsonl", ".csv", ".json")  # a manifest, or COCO caption JSON
 MIN_VOCAB = 3 + 256  # the tokenizer's specials and bytes (tokenizer.py)
@@ -67,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--nan-at-step", type=count, help=argparse.SUPPRESS)  # tests: make that step's loss NaN
     p.add_argument("--fake-step-seconds", type=positive, help=argparse.SUPPRESS)  # tests: every step takes this long
     args = p.parse_args(argv)
+    args.given = given_options(p, sys.argv[1:] if argv is None else argv)
+    if args.resume:  # the run's own settings, unless given again (a change is noted when training starts)
+        if problem := take_run_settings(args, Path(args.out or f"out/{args.size}") / "args.json"):
+            p.error(problem)
     problem = check_arguments(args)
     if problem:
         p.error(problem)
@@ -77,14 +83,29 @@ def parse_args(argv=None):
     return args
 
 
+def take_run_settings(args, path):
+    """Set the settings of RUN_SETTINGS that were not given from the run's args.json (which
+    trainer.py writes at each save); what is wrong with the file, or None."""
+    if not path.is_file():
+        return None  # no run there (--resume then says so), or one older than args.json
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"--resume: {path} is not the JSON that train.py writes ({error})"
+    for name in RUN_SETTINGS:
+        if name not in args.given and name in saved:
+            setattr(args, name, saved[name])
+    return None
+
+
 def check_arguments(args):
     """What is wrong with these arguments together, or with the paths they name; None if nothing.
     Runs before torch is imported or any data is read."""
     tiny = args.data == "tiny"
     if tiny:
-        for flag, value in [("--images", args.images), ("--val-data", args.val_data), ("--tokenizer", args.tokenizer),
-                            ("--vocab-size", args.vocab_size), ("--strict", args.strict)]:  # fmt: skip
-            if value:
+        for name in ["images", "val_data", "tokenizer", "vocab_size", "strict"]:
+            if name in args.given:
+                flag = "--" + name.replace("_", "-")
                 return f"{flag} is for --data FILE (a manifest or COCO json), but --data is 'tiny' (the default)"
         if PRESETS[args.size].image_size != shapes.IMAGE_SIZE:
             return (f"--size {args.size} takes {PRESETS[args.size].image_size} px images, but tiny_data's are "
@@ -135,7 +156,13 @@ def main(argv=None):
     args = parse_args(argv)  # a wrong argument or path ends here, before torch is imported
     from coca_min.trainer import train
 
-    train(args)
+    try:
+        train(args)
+    except KeyboardInterrupt:  # a second Ctrl-C (or one while loading): stop now; a saved checkpoint is whole
+        checkpoint = args.out / "ckpt.pt"
+        saved = f"{checkpoint} is the last checkpoint saved" if checkpoint.is_file() else "nothing was saved"
+        print(f"\nstopped at once by Ctrl-C; {saved}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

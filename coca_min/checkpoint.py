@@ -12,6 +12,7 @@ objects that `weights_only=True` refuses to run) gives a ValueError naming the f
 
 import os
 import pickle
+import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def read_checkpoint(path, device="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise ValueError(f"{path} is not a coca_min checkpoint (not a file that torch.save wrote)")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:

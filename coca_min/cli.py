@@ -8,6 +8,7 @@ argument or a missing file is reported in milliseconds, before torch, the data o
 - `ranged(int, minimum=1)`: an argparse `type=` that refuses values out of range, NaN and inf;
   `text`: non-empty UTF-8 text; `device_name`: auto, cpu, cuda, cuda:N.
 - `HelpWithDefaults`: --help shows each default once.
+- `given_options`: which options were given, so that a resumed run keeps its own settings.
 """
 
 import argparse
@@ -29,6 +30,20 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or "default:" in (action.help or ""):  # False: a switch
             return action.help
         return super()._get_help_string(action)
+
+
+# train.py's settings that a resumed run takes from OUT/args.json unless they are given again
+RUN_SETTINGS = ["size", "data", "images", "val_data", "tokenizer", "strict", "vocab_size", "batch_size", "accum", "lr",
+                "image_lr_scale", "min_lr_ratio", "weight_decay", "grad_clip", "caption_weight", "contrastive_weight",
+                "seed", "dtype"]  # fmt: skip
+
+
+def given_options(parser, argv):
+    """The names (dests) of the options given in `argv`, not left at their defaults: `parser`
+    parses `argv` again with every default suppressed. Call it after the real parse."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def ranged(kind, minimum=None, maximum=None, above=None):

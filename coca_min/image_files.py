@@ -206,7 +206,8 @@ def _csv_rows(manifest):
         except StopIteration:
             break
         except csv.Error as error:  # e.g. an unclosed quote, a field over csv's size limit
-            bad.append((start, f"not CSV: {error}"))
+            span = f", lines {start}-{reader.line_num}: a quote not closed?" if reader.line_num > start else ""
+            bad.append((start, f"not CSV: {error}{span}"))
             continue
         if not fields:
             continue  # a blank line
@@ -214,6 +215,9 @@ def _csv_rows(manifest):
             header = fields
             if "image" not in header or "caption" not in header:
                 raise ValueError(f"{manifest}: the first line must name the columns 'image' and 'caption'; it has {header}")
+            continue
+        if len(fields) > len(header):  # e.g. an unquoted comma in a caption: the rest would be lost
+            bad.append((start, f"{len(fields)} fields, but the first line names {len(header)} (quote a caption that has a comma)"))
             continue
         rows.append((start, dict(zip(header, fields))))  # a short row has no caption: found by the caller
     if header is None:

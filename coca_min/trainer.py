@@ -10,7 +10,8 @@ decay (schedule.py). Left out: the paper's Adafactor with linear decay over 500k
 
 One optimizer step uses `--batch-size` pairs in all, split over processes and `--accum`
 micro-batches. Outputs in --out: ckpt.pt (atomic), history.json (losses and lr per step,
-evaluations), report.json, losses.png, lr.png, metrics.png (and confusion.png on the tiny set).
+evaluations), args.json (the arguments, which a --resume keeps), report.json, losses.png,
+lr.png, metrics.png (and confusion.png on the tiny set).
 """
 
 import json
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from . import PRESETS, CoCa
 from . import distributed as D
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
+from .cli import RUN_SETTINGS
 from .data import TinyShapes, collate
 from .evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
 from .image_files import CaptionManifest, CocoCaptions
@@ -148,10 +150,14 @@ def train(args):
         run["budgeted"] = run["budgeted"] and args.steps is None  # --steps N ends a time budget
         torch.set_rng_state(saved["rng"]["torch"].cpu())
         random.setstate(saved["rng"]["python"])
-        changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {saved['args'][k]})" for k in RECIPE
-                   if k in saved.get("args", {}) and str(getattr(args, k)) != saved["args"][k]]  # fmt: skip
+        run_args = saved.get("args", {})  # as strings; the settings not given again are these (train.py)
+        changed = [k for k in RUN_SETTINGS if k in args.given and k in run_args and str(getattr(args, k)) != run_args[k]]
         if main_process and changed:
-            print(f"note: resuming with {', '.join(changed)}: the run goes on, but not as it would have")
+            said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {run_args[k]})" for k in changed)
+            print(f"note: resuming with {said}: the run goes on, but not as it would have")
+        if not run["budgeted"] and args.steps is None and "minutes" in args.given:
+            sys.exit(f"error: --minutes: {ckpt_path} is a run of a fixed number of steps ({total_steps}); "
+                     "give --steps N to train it on to N")  # fmt: skip
         if main_process and total_steps is not None and step >= total_steps:
             print(f"{ckpt_path} is a finished run ({step} steps); evaluating it again (--steps N trains on to N)")
         elif main_process:
@@ -166,15 +172,18 @@ def train(args):
     budget = TimeBudget(args.minutes * 60 if run["budgeted"] else None, clock, spent=run["train_seconds"])
     quarters_done = run["quarters_done"]  # quarters of the plan evaluated at
 
+    settings = {k: v for k, v in vars(args).items() if k != "given"}
+
     def save(reason):
         if main_process:
             rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
             save_checkpoint(ckpt_path, model, tokenizer, optimizer=optimizer.state_dict(), step=step,
                             total_steps=total_steps, history=history, evaluations=evaluations, rng=rng,
                             budgeted=run["budgeted"], train_seconds=budget.spent(), lr_progress=schedule.progress,
-                            warmup=warmup, quarters_done=quarters_done, args={k: str(v) for k, v in vars(args).items()},
+                            warmup=warmup, quarters_done=quarters_done, args={k: str(v) for k, v in settings.items()},
                             reason=reason)  # fmt: skip
-            write_history(args.out / "history.json", history, evaluations)
+            write_json(args.out / "history.json", {"history": history, "evaluations": evaluations})
+            write_json(args.out / "args.json", settings)  # what a --resume continues with (train.py)
         return step
 
     trained = torch.compile(model) if compile_model else model
@@ -288,10 +297,6 @@ def train(args):
     D.cleanup()
 
 
-RECIPE = ["data", "images", "tokenizer", "vocab_size", "batch_size", "accum", "lr", "image_lr_scale", "min_lr_ratio",
-          "weight_decay", "grad_clip", "caption_weight", "contrastive_weight", "seed", "dtype"]  # what a resume should keep
-
-
 def read_resumed(path, device, preset):
     """The checkpoint to resume, read before the data is: a wrong file, one not written by
     train.py or one of another model size ends the run in seconds, with one line."""
@@ -319,11 +324,12 @@ def quarters_passed(step, total_steps):
     return 0 if total_steps is None else sum(k * total_steps // 4 <= step for k in (1, 2, 3))
 
 
-def write_history(path, history, evaluations):
-    """history.json: one row per step (loss, contrastive, caption, lr) and the evaluations, for
-    plotting a run without loading the checkpoint."""
+def write_json(path, data):
+    """Written to a temporary file, then renamed: never half a file. history.json holds one row
+    per step (loss, contrastive, caption, lr) and the evaluations, to plot a run without loading
+    the checkpoint; args.json the run's arguments."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"history": history, "evaluations": evaluations}) + "\n")
+    temporary.write_text(json.dumps(data, default=str) + "\n")  # default: Path -> str
     os.replace(temporary, path)
 
 

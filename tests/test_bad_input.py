@@ -100,7 +100,10 @@ DATA_CASES = {  # name: (write the file -> path, the loader, what the skip names
         CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(no caption\)"),
     "csv a quote never closed": (
         lambda t: (t / "pairs.csv").write_text('image,caption\na.png,a red square\nb.png,"a blue\nc.png,green\n') and t / "pairs.csv",
-        CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(not CSV: unexpected end of data\)"),
+        CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(not CSV: unexpected end of data, lines 3-4: a quote not closed\?\)"),
+    "csv an unquoted comma in a caption": (
+        lambda t: (t / "pairs.csv").write_text("image,caption\na.png,a red square\nb.png,a blue, round thing\n") and t / "pairs.csv",
+        CaptionManifest, r"1 of 2 rows of .*pairs\.csv.*line 3 \(3 fields, but the first line names 2 \(quote a caption that has a comma\)\)"),
     "jsonl nested too deeply": (
         lambda t: jsonl(t, [GOOD, b"[" * 100_000]), CaptionManifest, r"line 2 \(not JSON that can be read: nested too deeply\)"),
     "jsonl a null caption": (
@@ -121,7 +124,8 @@ DATA_CASES = {  # name: (write the file -> path, the loader, what the skip names
 KEPT = {"jsonl a line that is not JSON": ["a red square", "a red square"], "coco bytes that are not UTF-8": ["red"],
         "coco an annotation without a caption": ["red"], "coco an image_id that names no image": ["red"],
         "coco an image without a file_name": ["red"],
-        "csv blank lines before a bad row": ["a red square"], "csv a quote never closed": ["a red square"]}  # fmt: skip
+        "csv blank lines before a bad row": ["a red square"], "csv a quote never closed": ["a red square"],
+        "csv an unquoted comma in a caption": ["a red square"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
@@ -295,7 +299,7 @@ SAMPLE_CASES = [  # (id, arguments, words the line must hold)
     ("an empty class", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--classes", "red", ""], "argument --classes: is empty"),
     ("one class", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--classes", "a red circle"],
      "--classes needs at least two different prompts"),
-    ("a class twice", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--classes", "red", "red"],
+    ("a class twice", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--classes", "red", "red "],
      "--classes needs at least two different prompts"),
     ("beams without beam search", ["--checkpoint", "ckpt.pt", "--image", "images/a.png", "--beams", 3],
      "--beams is for captioning with --method beam; it would be ignored here"),
@@ -315,6 +319,10 @@ SAMPLE_CASES_AFTER_TORCH = [
      f"error: --checkpoint: bare.pt is a bare state_dict ({len(CoCa(PRESETS['tiny']).state_dict())} tensors), not a "
      "coca_min checkpoint: it has no config"),
     ("image unreadable", ["--checkpoint", "ckpt.pt", "--image", "images/broken.png"], "error: cannot read image images/broken.png"),
+    ("an image as checkpoint", ["--checkpoint", "images/a.png", "--image", "images/a.png"],
+     "error: --checkpoint: images/a.png is not a coca_min checkpoint (not a file that torch.save wrote)"),
+    ("a query longer than the context", ["--checkpoint", "ckpt.pt", "--query", "a red circle " * 20, "--folder", "images"],
+     "error: --query 'a red circle a red circle a red circle a'… is 262 tokens; the model reads at most 32"),
     ("a config of the wrong types", ["--checkpoint", "odd_config.pt", "--image", "images/a.png"],
      "error: --checkpoint: odd_config.pt: its config's vision_width is 'wide', not an int"),
 ]

@@ -53,6 +53,17 @@ def test_resume_with_another_recipe_says_so(tmp_path, capsys):
                      "goes on, but not as it would have"]  # fmt: skip
 
 
+def test_resume_keeps_the_runs_own_settings_unless_given_again(tmp_path, capsys):
+    run(tmp_path, "--steps", 2, *CONSTANT_LR, "--lr", 1e-3, "--seed", 3, "--caption-weight", 1.5)
+    assert json.loads((tmp_path / "args.json").read_text())["lr"] == 1e-3  # a plain file, read before torch
+    capsys.readouterr()
+    resumed = run(tmp_path, "--steps", 3, "--resume")  # not given again: the run's lr, seed, weights
+    assert "note:" not in capsys.readouterr().out
+    assert resumed["history"][-1]["lr"] == 1e-3 and resumed["args"]["seed"] == "3" and resumed["args"]["caption_weight"] == "1.5"
+    with pytest.raises(SystemExit, match=r"--minutes: .*ckpt\.pt is a run of a fixed number of steps \(3\); give --steps N"):
+        run(tmp_path, "--minutes", 1, "--resume")
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = run(tmp_path / "straight", "--steps", 20, *CONSTANT_LR, "--eval-every", 10)
     run(tmp_path / "split", "--steps", 10, *CONSTANT_LR)
@@ -161,6 +172,34 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     saved = read_checkpoint(tmp_path / "ckpt.pt")
     assert saved["reason"] == "interrupted" and saved["step"] > 0
     assert "continue with --resume" in output
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path):
+    command = [sys.executable, "train.py", "--out", str(tmp_path), *QUICK, "--steps", "100000"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "ckpt.pt").exists() and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    process.send_signal(signal.SIGINT)  # while the step under way runs, while it is saved, or (both as one) after
+    output, errors = process.communicate(timeout=600)
+    assert process.returncode == 130 and "Traceback" not in errors, errors
+    last = (output + errors).strip().splitlines()[-1]
+    assert last.startswith(("stopped at once by Ctrl-C; ", "interrupted: saved ")), output + errors
+    read_checkpoint(tmp_path / "ckpt.pt")  # whichever came first, the checkpoint is whole
+
+
+def test_ctrl_c_that_stops_at_once_names_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    def interrupted(args):  # the second Ctrl-C, raised in the middle of a step
+        args.out.mkdir(parents=True)
+        (args.out / "ckpt.pt").write_bytes(b"saved before")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--out", str(tmp_path / "run"), "--steps", "5"])
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == f"\nstopped at once by Ctrl-C; {tmp_path / 'run' / 'ckpt.pt'} is the last checkpoint saved\n"
 
 
 def test_torchrun_two_processes_on_cpu_with_the_default_time_budget(tmp_path):
