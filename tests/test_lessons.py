@@ -1,0 +1,117 @@
+"""lessons/build.py: the percent format, outputs, figures, cells meant to raise, determinism,
+--check; and the committed notebooks against their sources."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lessons"))
+import build  # noqa: E402  (lessons/build.py)
+
+EXAMPLE = '''# %% [markdown]
+# # A lesson
+# Some *prose*, with maths $a = b$.
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+
+x = torch.arange(6).view(2, 3)
+print("shape", tuple(x.shape))
+x.sum().item()
+
+# %%
+fig, ax = plt.subplots()
+ax.plot([0, 1], [1, 0])
+ax.set(title="a line", xlabel="x", ylabel="y");
+
+# %% tags=["raises-exception"]
+x.view(4, 4)
+
+# %%
+from pathlib import Path
+print(Path.cwd().name, object())
+'''
+
+
+def write_lesson(tmp_path, text=EXAMPLE, name="00_example"):
+    (tmp_path / "src").mkdir(exist_ok=True)
+    path = tmp_path / "src" / f"{name}.py"
+    path.write_text(text)
+    return path
+
+
+def test_parse_splits_cells_and_uncomments_markdown():
+    cells = build.parse(EXAMPLE)
+    assert [kind for kind, _, _ in cells] == ["markdown", "code", "code", "code", "code"]
+    assert cells[0][1] == "# A lesson\nSome *prose*, with maths $a = b$."
+    assert cells[3][2] == ["raises-exception"] and cells[1][2] == []
+    with pytest.raises(build.BuildError, match=r"line 1: a cell marker must be"):
+        build.parse("# %%markdown\nx = 1\n")
+
+
+def test_a_build_has_the_outputs_a_kernel_would_show(tmp_path):
+    notebook = nbformat.reads(build.build(write_lesson(tmp_path)), as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == [1, 2, 3, 4]
+    first = code[0].outputs
+    assert first[0]["name"] == "stdout" and first[0]["text"] == "shape (2, 3)\n"
+    assert first[1]["output_type"] == "execute_result" and first[1]["data"]["text/plain"] == "15"
+    figure = code[1].outputs  # `;` hides the last value; the open figure is shown as a PNG
+    assert [o["output_type"] for o in figure] == ["display_data"] and len(figure[0]["data"]["image/png"]) > 1000
+    error = code[2].outputs[-1]
+    assert error["output_type"] == "error" and error["ename"] == "RuntimeError"
+    assert code[3].outputs[0]["text"].startswith(tmp_path.name + " <object object>")  # run in the lesson's folder, no address
+
+
+def test_building_twice_gives_the_same_bytes(tmp_path):
+    path = write_lesson(tmp_path)
+    assert build.build(path) == build.build(path)
+
+
+def test_no_path_of_this_machine_in_the_outputs(tmp_path):
+    path = write_lesson(tmp_path, "# %%\nimport coca_min\nprint(coca_min.__file__)\n")
+    text = build.build(path)
+    assert str(ROOT) not in text and "coca_min/__init__.py" in text
+
+
+def test_an_unmarked_error_fails_the_build_and_a_marked_cell_must_raise(tmp_path):
+    with pytest.raises(build.BuildError, match=r"00_example: code cell 2 raised ZeroDivisionError"):
+        build.build(write_lesson(tmp_path, "# %%\nx = 1\n\n# %%\n1 / 0\n"))
+    with pytest.raises(build.BuildError, match=r"code cell 1 is marked 'raises-exception' but did not raise"):
+        build.build(write_lesson(tmp_path, '# %% tags=["raises-exception"]\nx = 1\n'))
+
+
+def test_check_names_a_notebook_out_of_date(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(build, "LESSONS", tmp_path)
+    write_lesson(tmp_path, "# %%\nprint(1)\n")
+    build.main([])
+    build.main(["--check"])  # just built: up to date
+    assert "up to date" in capsys.readouterr().out
+    write_lesson(tmp_path, "# %%\nprint(2)\n")
+    with pytest.raises(SystemExit, match=r"out of date with their sources .*00_example\.ipynb"):
+        build.main(["--check"])
+    with pytest.raises(SystemExit, match=r"no lesson source numbered 07"):
+        build.main(["07"])
+
+
+def test_every_lesson_source_has_its_committed_notebook_and_the_other_way_round():
+    sources = {p.stem for p in (ROOT / "lessons" / "src").glob("[0-9][0-9]_*.py")}
+    notebooks = {p.stem for p in (ROOT / "lessons").glob("[0-9][0-9]_*.ipynb")}
+    assert sources == notebooks
+    for name in notebooks:
+        text = (ROOT / "lessons" / f"{name}.ipynb").read_text()
+        assert len(text.encode()) < 1_000_000 and str(ROOT) not in text, name
+        notebook = nbformat.reads(text, as_version=4)
+        nbformat.validate(notebook)
+        counts = [c.execution_count for c in notebook.cells if c.cell_type == "code"]
+        assert counts == list(range(1, len(counts) + 1)), name
+        for cell in notebook.cells:
+            if cell.cell_type == "code" and "raises-exception" not in cell.metadata.get("tags", []):
+                assert not any(o["output_type"] == "error" for o in cell.outputs), (name, cell.id)
