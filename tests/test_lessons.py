@@ -115,3 +115,17 @@ def test_every_lesson_source_has_its_committed_notebook_and_the_other_way_round(
         for cell in notebook.cells:
             if cell.cell_type == "code" and "raises-exception" not in cell.metadata.get("tags", []):
                 assert not any(o["output_type"] == "error" for o in cell.outputs), (name, cell.id)
+
+
+def test_the_committed_notebooks_are_up_to_date_with_their_sources(capsys):
+    build.main(["--check"])  # rebuilds each in memory: every cell runs, every check cell passes
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source", sorted((ROOT / "lessons" / "src").glob("[0-9][0-9]_*.py")), ids=lambda p: p.stem)
+def test_each_lesson_runs_in_a_fresh_process(source, tmp_path):
+    # a new interpreter started elsewhere: nothing of this test session (imports, seeds, the
+    # working directory) can make a lesson pass; build() runs its cells as a kernel would
+    script = f"import sys; sys.path.insert(0, {str(ROOT / 'lessons')!r}); import build; build.build(build.Path({str(source)!r}))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
