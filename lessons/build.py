@@ -120,6 +120,10 @@ def lesson_session(folder: Path):
     os.environ["TQDM_DISABLE"] = "1"
     try:
         with warnings.catch_warnings():  # puts showwarning and the filters back on leaving
+            warnings.resetwarnings()  # Python's own filters, whatever the caller's (pytest shows more)
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
             warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")  # plt.show() on Agg
             warnings.showwarning = lambda message, category, *rest, **kw: print(f"{category.__name__}: {message}", file=sys.stderr)
             yield
@@ -134,6 +138,7 @@ def lesson_session(folder: Path):
 def build(source_path: Path) -> str:
     """A lesson source -> its notebook as text, with outputs. Raises BuildError for a cell that
     raised without being marked to."""
+    source_path = Path(source_path).resolve()  # before the working directory changes
     name = source_path.stem
     cells, namespace, count = [], {"__name__": "__main__"}, 0
     with lesson_session(source_path.parent.parent):  # lessons/, as a notebook opened there

@@ -97,7 +97,7 @@ labels = ["[BOS]", "w1", "w2", "w3", "[EOS]", "[PAD]", "[PAD]", "[CLS]"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
 for ax, mask, title, names in [(axes[0], ours[0], "text self-attention: causal + padding", labels[:7]),
                                (axes[1], unimodal_mask, "unimodal decoder: [CLS] appended last", labels)]:  # fmt: skip
-    ax.imshow(mask, cmap="Greens", vmin=0, vmax=1.3)
+    ax.imshow(mask.numpy(), cmap="Greens", vmin=0, vmax=1.3)
     ax.set_xticks(range(len(names)), names, rotation=60, fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set(title=title, xlabel="key (attended to)", ylabel="query (attending)")
