@@ -9,7 +9,8 @@ the image projection come on top. The counts in the comments below were measured
 `count_parameters` in `coca_min/model.py` and are checked by `tests/test_config.py`.
 
 Left out: dropout and stochastic depth (the paper trains without them at this scale), and the
-576-pixel fine-tuning stage (change `image_size` and interpolate the position embedding).
+one epoch at 576 px that ends the paper's pretraining (change `image_size` and interpolate the
+position embedding).
 """
 
 from dataclasses import dataclass, fields

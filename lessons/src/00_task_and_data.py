@@ -90,7 +90,7 @@ for key, array in val.items():
 
 # %% [markdown]
 # An image is stored as 48 × 48 *palette indices* (0 is the background, 1–8 the eight
-# colours), which is why 34,000 images take 3 MB. `objects` is the ground truth: for each of up
+# colours), which is why 34,000 images take 2.5 MB. `objects` is the ground truth: for each of up
 # to three objects, (shape, colour, size, row, column) as indices, and −1 for no object.
 #
 # **Check**: every split has the number of images `shapes.SPLITS` promises.
@@ -192,6 +192,9 @@ present = train_objects[train_objects[:, :, 0] != -1]  # (objects, 5): every obj
 counts = np.zeros((len(shapes.COLOURS), len(shapes.SHAPES)), dtype=int)  # (8 colours, 5 shapes)
 np.add.at(counts, (present[:, 1], present[:, 0]), 1)
 print(f"{len(present):,} objects in train; fewest per seen pair {counts[counts > 0].min():,}")
+
+# %% [markdown]
+# The counts as a heatmap: every seen pair has about 1,800 objects, the held-out ones none.
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 4.5))

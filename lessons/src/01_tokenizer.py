@@ -14,6 +14,7 @@
 
 # %% [markdown]
 # ## Set-up
+# Imports, a fixed seed and thread count (the same numbers on every run), and the versions.
 
 # %%
 import re
@@ -114,6 +115,7 @@ def learn_merges(chunk_counts, vocab_size):
 
 merges = learn_merges(ours, vocab_size=512)
 print(len(merges), "merges; vocabulary", BYTE_OFFSET + 256 + len(merges))
+assert len(merges) == 107  # stopped before 512: no pair occurs twice once every chunk is one token
 
 # %% [markdown]
 # The learned merges read like a spelling lesson: frequent pieces (" a", " t", "re", "nd")
@@ -128,7 +130,7 @@ for i in [0, 1, 2, 3, 4, 10, 30, len(merges) - 1]:
     print(f"merge {i + 1:3d}: {pieces[a]!r:>12} + {pieces[b]!r:<12} -> {pieces[BYTE_OFFSET + 256 + i]!r}")
 
 # %% [markdown]
-# **Check**: these are exactly the merges of the tokenizer shipped with tiny_data
+# **Check**: 107 merges, and these are exactly the merges of the tokenizer shipped with tiny_data
 # (`tiny_data/tokenizer.json`, trained by `coca_min.tokenizer.Tokenizer.train` on the same
 # captions): same pairs, same order.
 
@@ -186,8 +188,8 @@ print(f"{len(val_captions):,} captions: same ids, exact round trip")
 # ## 5. What the merges buy
 #
 # A picture of the trade: with each merge the vocabulary grows by one and the captions get
-# shorter. The tiny captions use only 34 different words, so after about a hundred merges every
-# word is one token and no pair occurs twice any more: training stops there, at 366 ids.
+# shorter. The tiny captions use only 34 different chunks (words, with or without their
+# leading space), so after about a hundred merges every chunk is one token and no pair occurs twice any more: training stops there, at 366 ids.
 
 # %%
 sample = val_captions[:300]
@@ -206,17 +208,30 @@ fig.tight_layout()
 print(f"bytes only: {lengths[0]:.1f} tokens per caption; all merges: {lengths[-1]:.1f}")
 
 # %% [markdown]
+# **Check**: with all merges every chunk of the corpus is a single token.
+
+# %%
+assert all(len(encode(chunk)) == 3 for chunk in ours)  # [BOS] chunk [EOS]
+print(f"all {len(ours)} chunks are one token each")
+
+# %% [markdown]
 # ## 6. Padding, and why its id is reserved
 #
 # A batch of captions of different lengths is right-padded with [PAD] to one length. The
 # captioning loss then ignores the positions whose *target* is [PAD]. If a real token shared
 # the pad id (open_clip uses id 0 both for padding and for "!"), that token would silently
 # never be learned. In coca_min no text ever encodes to id 0.
+#
+# **Check**: a padded batch has [PAD] (id 0) only after [EOS], and no `val` caption encodes
+# to id 0.
 
 # %%
 batch = shipped.encode_batch(["a red circle", "there is a small blue square at the top"], context_length=12)
 print(batch)
-assert (batch == PAD).sum() > 0 and all(PAD not in shipped.encode(c) for c in val_captions)
+ends = (batch == EOS).int().argmax(1)  # where each text ends
+assert all((row[: end + 1] != PAD).all() and (row[end + 1 :] == PAD).all() for row, end in zip(batch, ends))
+assert all(PAD not in shipped.encode(c) for c in val_captions)
+print("padding only after [EOS]; id 0 never from text")
 
 # %% [markdown]
 # ## Summary

@@ -14,6 +14,7 @@
 
 # %% [markdown]
 # ## Set-up
+# Imports, a fixed seed and thread count (the same numbers on every run), and the versions.
 
 # %%
 import math
@@ -89,10 +90,13 @@ print("equal to causal_padding_mask")
 # The unimodal decoder adds one more position, [CLS], at the very end (after any padding). It
 # attends to every real token and to itself, never to padding, and no word attends to it
 # (it comes last): its output summarises the whole caption and becomes the text embedding.
+# **Check** (in the cell): exactly that row and column of the mask; then a figure of both masks.
 
 # %%
 with_cls = torch.cat([is_pad, torch.zeros(1, 1, dtype=torch.bool)], dim=1)  # [CLS] is not padding
 unimodal_mask = causal_padding_mask(with_cls)[0]  # (8, 8)
+# check: [CLS] (last row) reads the five real tokens and itself, no [PAD]; no word reads [CLS]
+assert unimodal_mask[-1].tolist() == [True] * 5 + [False, False, True] and not unimodal_mask[:-1, -1].any()
 labels = ["[BOS]", "w1", "w2", "w3", "[EOS]", "[PAD]", "[PAD]", "[CLS]"]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
 for ax, mask, title, names in [(axes[0], ours[0], "text self-attention: causal + padding", labels[:7]),
@@ -152,7 +156,7 @@ print("equal to coca_min.layers.Attention")
 #
 # The point of the causal mask: the output at position $t$ cannot depend on any later token.
 # **Check**: change the last three tokens' inputs; the first four outputs stay the same (1e-6),
-# and the later ones change.
+# and each of the three later ones changes (by more than 1e-6).
 
 # %%
 causal_only = torch.ones(7, 7, dtype=torch.bool).tril()[None].expand(2, 7, 7)
@@ -160,7 +164,8 @@ changed = x.clone()
 changed[:, 4:] = torch.randn(2, 3, dim)
 with torch.no_grad():
     before, after = layer(x, mask=causal_only), layer(changed, mask=causal_only)
-assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6) and not torch.allclose(before[:, 4:], after[:, 4:])
+assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6)
+assert all(not torch.allclose(before[:, t], after[:, t], atol=1e-6) for t in range(4, 7))
 print("positions 0-3 unchanged; 4-6 changed")
 
 # %% [markdown]
@@ -170,6 +175,8 @@ print("positions 0-3 unchanged; 4-6 changed")
 # image (the caption pooler's outputs, lesson 04), so each word can look at the whole image.
 # There is no mask: every word may look at every image token. Keys and values may have their
 # own width.
+#
+# **Check**: equals coca_min's `Attention(dim, heads, context_dim=24)` with a context, to 1e-5.
 
 # %%
 image_tokens = torch.randn(2, 9, 24)  # (B, S image tokens, their own width 24)
@@ -180,9 +187,6 @@ with torch.no_grad():
 print("cross-attention", tuple(x.shape), "attends to", tuple(image_tokens.shape), "->", tuple(ours.shape))
 
 # %% [markdown]
-# **Check** (above): equals coca_min's `Attention(dim, heads, context_dim=24)` with a context,
-# to 1e-5.
-#
 # ## Summary
 # - Attention is $\operatorname{softmax}(QK^\top/\sqrt d)\,V$; masks put $-\infty$ on disallowed
 #   scores, and coca_min's boolean masks are True where attending is allowed.

@@ -8,12 +8,13 @@
 # - why CoCa's ViT has no [CLS] token;
 # - how big the paper's encoders are, counted from the configs (Table 1) without any memory.
 #
-# **Paper**: §3.2 "image encoder" and Table 1 (CoCa-Base, -Large and CoCa: 288 px, patch 18).
+# **Paper**: §3.2 "image encoder", Table 1 (the sizes) and §4.1 (288 px images, patch 18).
 #
 # **Assumes**: lesson 02 (attention).
 
 # %% [markdown]
 # ## Set-up
+# Imports, a fixed seed and thread count (the same numbers on every run), and the versions.
 
 # %%
 import math
@@ -48,8 +49,22 @@ patches = grid.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // p) * (W // p), p * p *
 print("patches", tuple(patches.shape), "= (images, tokens, numbers per patch)")
 
 # %% [markdown]
-# A picture of the cut: lesson 00's grid of 16 px cells is exactly 2 × 2 patches, so every
-# object sits where four patches meet and each patch shows one quarter of it.
+# tiny_data draws its objects on a 3 × 3 grid of 16 px cells, and each cell is exactly 2 × 2
+# patches, so every object sits where four patches meet and each patch shows about a quarter
+# of it (objects are moved by up to 1 px).
+#
+# **Check**: token $n$ is the pixel block at patch row $n // 6$, column $n \% 6$, flattened as
+# (row in patch, column in patch, channel): the order coca_min's ViT uses.
+
+# %%
+for n in [0, 7, 35]:
+    r, c = divmod(n, W // p)
+    block = images[:, :, r * p : (r + 1) * p, c * p : (c + 1) * p]  # (B, 3, p, p)
+    assert torch.equal(patches[:, n], block.permute(0, 2, 3, 1).reshape(B, -1))
+print("tokens 0, 7, 35 are their pixel blocks")
+
+# %% [markdown]
+# A picture of the cut, with each token's number.
 
 # %%
 fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -71,7 +86,8 @@ fig.tight_layout()
 #
 # $$x_n = W_E\, \text{patch}_n + b_E + e^\text{pos}_n, \qquad n = 0, \dots, N-1.$$
 #
-# We borrow the weights of a coca_min ViT so that the two can be compared.
+# We borrow the weights of a coca_min ViT so that the two can be compared (the check comes
+# with the whole encoder, in section 3).
 
 # %%
 vit = VisionTransformer(config.image_size, p, config.vision_width, config.vision_layers,
@@ -147,15 +163,18 @@ for size in ["tiny", "base", "large", "coca"]:
 # %% [markdown]
 # **Check**: the formula equals the parameters of coca_min's encoders, built on the *meta*
 # device (shapes without memory, so even the 2.1B model costs nothing), and the encoder plus
-# decoder counts match Table 1 (383M, 787M, 2.1B) to 0.5%.
+# decoder counts match Table 1 to 0.5%: encoders 86M, 303M, 1,011M; with the decoders 383M,
+# 787M, 2.1B.
 
 # %%
 table_1 = {"base": 383e6, "large": 787e6, "coca": 2.1e9}  # image encoder + text decoder
+table_1_encoder = {"base": 86e6, "large": 303e6, "coca": 1011e6}
 for size, paper in table_1.items():
     with torch.device("meta"):
         model = CoCa(PRESETS[size])
     counts = count_parameters(model)
     assert counts["encoder"] == vit_parameters(PRESETS[size])
+    assert abs(counts["encoder"] - table_1_encoder[size]) / table_1_encoder[size] < 0.005
     ours_total = counts["encoder"] + counts["decoder"]
     assert abs(ours_total - paper) / paper < 0.005, (size, ours_total)
     print(f"{size:6s} encoder {counts['encoder'] / 1e6:7.1f}M + decoder {counts['decoder'] / 1e6:7.1f}M "
@@ -166,7 +185,7 @@ for size, paper in table_1.items():
 # - A ViT turns an image into $N = (H/p)(W/p)$ tokens: flatten patches, project linearly, add
 #   a learned position embedding; then pre-LN blocks (attention, MLP) with no mask.
 # - CoCa's ViT returns every patch's feature and no [CLS]: the poolers read from them.
-# - The paper's encoders (86M, 304M, 1.0B parameters) follow from the config by a formula;
+# - The paper's encoders (86M, 303M, 1,011M parameters) follow from the config by a formula;
 #   with the decoders they give Table 1's 383M, 787M and 2.1B.
 # - Our from-scratch encoder equals `coca_min.vit.VisionTransformer`.
 #
@@ -175,6 +194,6 @@ for size, paper in table_1.items():
 #    with the same weights (reshaped) and compare its output with `patches @ W.T + b`.
 # 2. How does the number of image tokens, and the cost of one attention layer, change if the
 #    tiny preset used 4 px patches? Count both.
-# 3. Open-ended: the paper fine-tunes at 576 px after pretraining at 288 px. The position
-#    embedding has one row per patch of a 288 px image; how would you give it rows for 576 px,
-#    and what should they start as?
+# 3. Open-ended: the paper ends its pretraining with one epoch at 576 px after 288 px. The
+#    position embedding has one row per patch of a 288 px image; how would you give it rows
+#    for 576 px, and what should they start as?

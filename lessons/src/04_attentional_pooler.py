@@ -108,8 +108,9 @@ assert torch.allclose(caption_tokens, library_caption_tokens, atol=1e-5)
 print("cascade:", tuple(vit_tokens.shape), "->", tuple(caption_tokens.shape), "->", tuple(image_embedding.shape))
 
 # %% [markdown]
-# **Check** (a property of the wiring): in the cascade the image embedding depends on the
-# caption pooler's queries; in the parallel mode it does not.
+# **Check** (a property of the wiring): moving the caption pooler's queries moves the image
+# embedding in the cascade (by more than 1e-6) and leaves it unchanged (to 1e-6) in the
+# parallel mode.
 
 # %%
 def embedding_moves(mode):
@@ -128,7 +129,7 @@ print("cascade: the embedding reads the caption pooler; parallel: it does not")
 # %% [markdown]
 # ## 3. What a trained pooler looks at
 #
-# An untrained pooler attends almost at random. The trained tiny model (the README's tiny run)
+# An untrained pooler spreads its attention over the patches (measured below). The trained tiny model (the README's tiny run)
 # has learned where to look. For one test image we average, over its four heads, each caption
 # query's attention over the 36 patches, and draw the maps on the 6 × 6 patch grid.
 
@@ -147,6 +148,7 @@ axes[0].set(title="test image 0", xlabel="x (pixels)", ylabel="y (pixels)")
 for ax, query in zip(axes[1:], strongest.tolist()):
     shown = ax.imshow(maps[image, query], cmap="magma", vmin=0)
     ax.set(title=f"caption query {query}", xlabel="patch column", ylabel="patch row")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="attention weight")
 fig.suptitle(f"caption pooler attention over the 6 x 6 patches: {test.captions[image][0]}", fontsize=9)
 fig.tight_layout()
 
@@ -159,7 +161,11 @@ fig.tight_layout()
 shows_object = torch.from_numpy(test.pixels.numpy().reshape(200, 6, 8, 6, 8).max(axis=(2, 4)) > 0)  # (200, 6, 6)
 share = shows_object.float().mean().item()  # the fraction of patches that show an object
 mass = (maps * shows_object[:, None]).sum((2, 3)).mean().item()  # attention on those patches
-print(f"object patches: {share:.1%} of the image, {mass:.1%} of the caption queries' attention")
+with torch.no_grad():  # the same measure for the untrained model of section 1
+    _, untrained_weights = pool(model.image_encoder(test.images(range(200))), model.caption_pooler, return_weights=True)
+untrained = (untrained_weights.mean(1).view(200, -1, 6, 6) * shows_object[:, None]).sum((2, 3)).mean().item()
+print(f"object patches: {share:.1%} of the image; {untrained:.1%} of an untrained pooler's attention, "
+      f"{mass:.1%} of the trained one's")
 assert mass >= 1.5 * share
 
 # %% [markdown]

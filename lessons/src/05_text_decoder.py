@@ -14,6 +14,7 @@
 
 # %% [markdown]
 # ## Set-up
+# Imports, a fixed seed and thread count, the versions, and an untrained tiny CoCa to study.
 
 # %%
 import matplotlib.pyplot as plt
@@ -124,13 +125,13 @@ print("one forward pass: the same logits and text embedding")
 # %% [markdown]
 # ## 3. The text embedding does not depend on padding
 #
-# Padding a caption to 12 or to 32 tokens must not change its embedding, or retrieval would
+# Padding a caption to more tokens must not change its embedding, or retrieval would
 # depend on the batch it was embedded in. Two things make that hold: [CLS] never attends to a
 # [PAD] (the mask), and [CLS] has no position embedding (it always sits after the padding, at a
 # position that moves with the padded length).
 #
-# **Check**: the embedding of a caption is the same (1e-5) at every padded length from its own
-# length to the context of 32.
+# **Check**: the embedding of an 18-token caption is the same (1e-5) at every padded length
+# from 18 to the context of 32.
 
 # %%
 caption = "a large green cross on the left and a small white circle at the top right"
@@ -195,10 +196,11 @@ print(f"text embedding blind to the image; logits before position {last} unchang
 #   later tokens. All three were checked on coca_min's decoder.
 #
 # ## Exercises
-# 1. Give [CLS] a position embedding (the one after the last real token) in the from-scratch
-#    code, and show which check of section 3 then fails, and why.
-# 2. Remove the padding mask for [CLS] only (let it attend to [PAD]) and measure how far the
-#    embeddings of section 3 drift apart.
+# 1. Give [CLS] the position embedding of its own place (position T, right after the padding)
+#    in the from-scratch code, and show which check of section 3 then fails, and why.
+# 2. A separate text encoder (as in CLIP) would run a second stack on every caption. Count the
+#    multiply-adds of the unimodal and the multimodal halves for one 32-token caption: what
+#    share of the decoder's work does CoCa's shared first half save?
 # 3. Open-ended: the paper uses 12 unimodal and 12 multimodal layers for CoCa-Base. What do you
 #    expect if $n_\text{uni}$ is 1 and $n_\text{multi}$ 23, or the other way round, for
 #    retrieval and for captioning? (§4.5 has an ablation.)
