@@ -140,3 +140,28 @@ def test_a_build_does_not_depend_on_the_callers_folder_or_warning_filters(tmp_pa
         warnings.simplefilter("always")
         assert build.build(Path(path.name)) == expected  # a relative path, other filters: the same notebook
     assert nbformat.reads(expected, as_version=4).cells[0].outputs == []  # no warning shown
+
+
+# what lessons/assets/tiny_coca.pt scores on the first 300 test images (lessons/README.md)
+CHECKPOINT_FIGURES = {"image_to_text_R@1": 0.997, "text_to_image_R@1": 0.936, "object_F1": 0.901, "exact_match": 0.857}
+MARGIN = 0.03
+
+
+def test_the_lessons_checkpoint_loads_safely_and_still_scores_what_its_readme_says():
+    import torch
+
+    from coca_min.checkpoint import load_checkpoint
+    from coca_min.data import TinyShapes
+    from coca_min.evaluate import evaluate_captions, evaluate_retrieval
+
+    path = ROOT / "lessons" / "assets" / "tiny_coca.pt"
+    assert path.stat().st_size <= 4_000_000
+    raw = torch.load(path, weights_only=True)  # plain data only
+    assert all(w.dtype == torch.float16 for w in raw["model"].values() if w.is_floating_point())
+    saved = load_checkpoint(path)
+    test = TinyShapes("test", saved["tokenizer"], limit=300)
+    scores = {**evaluate_retrieval(saved["model"], test, ks=(1,)), **evaluate_captions(saved["model"], test)[0]}
+    retrain = ("a change to the model code no longer fits lessons/assets/tiny_coca.pt: retrain it with the two "
+               "commands in lessons/README.md, rebuild the lessons and update the figures there and here")  # fmt: skip
+    for name, expected in CHECKPOINT_FIGURES.items():
+        assert scores[name] >= expected - MARGIN, f"{name} {scores[name]:.3f} < {expected} - {MARGIN}: {retrain}"
