@@ -70,13 +70,15 @@ def parse_args(argv=None):
     p.add_argument("--fake-step-seconds", type=positive, help=argparse.SUPPRESS)  # tests: every step takes this long
     args = p.parse_args(argv)
     args.given = given_options(p, sys.argv[1:] if argv is None else argv)
+    if args.out is not None and not args.out.strip():
+        p.error("--out is empty: give a folder (default: out/SIZE)")
+    args.out = Path(args.out or f"out/{args.size}")
     if args.resume:  # the run's own settings, unless given again (a change is noted when training starts)
-        if problem := take_run_settings(args, Path(args.out or f"out/{args.size}") / "args.json"):
+        if problem := take_run_settings(args, args.out / "args.json"):
             p.error(problem)
     problem = check_arguments(args)
     if problem:
         p.error(problem)
-    args.out = Path(args.out or f"out/{args.size}")
     args.minutes = args.minutes or DEFAULT_MINUTES
     args.vocab_size = args.vocab_size or 32000
     args.resume = args.resume == "yes" or (args.resume == "auto" and (args.out / "ckpt.pt").is_file())
@@ -132,9 +134,7 @@ def check_arguments(args):
     if args.batch_size % (world * args.accum):
         return (f"--batch-size {args.batch_size} must be divisible by processes ({world}) × --accum "
                 f"({args.accum}), so that every micro-batch has the same size")  # fmt: skip
-    if args.out is not None and not args.out.strip():
-        return "--out is empty: give a folder (default: out/SIZE)"
-    out = Path(args.out or f"out/{args.size}")
+    out = args.out
     if problem := output_problem(out):
         return f"--out: {problem}"
     checkpoint = out / "ckpt.pt"

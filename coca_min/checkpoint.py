@@ -20,6 +20,7 @@ import torch
 
 from .config import CoCaConfig
 from .model import CoCa
+from .shapes import with_article
 from .tokenizer import Tokenizer
 
 
@@ -84,12 +85,8 @@ def config_of(checkpoint, path="the checkpoint") -> CoCaConfig:
     for name, value in config.items():  # each as the default's type (an int where a float is expected too)
         expected = type(getattr(defaults, name))
         if getattr(defaults, name) is not None and not isinstance(value, expected) and not (expected is float and type(value) is int):
-            raise ValueError(f"{path}: its config's {name} is {value!r}, not {_a(expected.__name__)}")
+            raise ValueError(f"{path}: its config's {name} is {value!r}, not {with_article(expected.__name__)}")
     return CoCaConfig(**config)
-
-
-def _a(noun):
-    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def load_checkpoint(path, device="cpu") -> dict:

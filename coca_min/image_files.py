@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import CaptionDataset, preprocess
+from .shapes import with_article
 
 
 class ImageFiles(CaptionDataset):
@@ -91,16 +92,12 @@ def _caption_problem(caption):
     if caption is None:
         return "no caption"
     if not isinstance(caption, str):
-        return f"caption is not text but {_a(type(caption).__name__)}"
+        return f"caption is not text but {with_article(type(caption).__name__)}"
     if not caption.strip():
         return "empty caption"
     if _not_utf8(caption):
         return "caption has bytes that are not UTF-8"
     return None
-
-
-def _a(noun):
-    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def _image_problem(name, field="image"):
@@ -164,7 +161,7 @@ class CaptionManifest(ImageFiles):
         total, by_image = len(rows) + len(bad), {}  # bad: so far the lines that are not JSON
         for line, row in rows:
             if not isinstance(row, dict):
-                bad.append((line, f"expected an object with 'image' and 'caption', got {_a(type(row).__name__)}"))
+                bad.append((line, f"expected an object with 'image' and 'caption', got {with_article(type(row).__name__)}"))
             elif "image" not in row:  # other field names, e.g. "file_name" and "text"
                 bad.append((line, f"expected the fields 'image' and 'caption', got {sorted(row)}"))
             elif why := _image_problem(row.get("image")) or _caption_problem(row.get("caption")):
@@ -248,7 +245,7 @@ class CocoCaptions(ImageFiles):
         for n, image in enumerate(data["images"]):
             image_id = image.get("id") if isinstance(image, dict) else None
             if not isinstance(image, dict):
-                bad_images.append(f"images[{n}] ({_a(type(image).__name__)}, not an object)")
+                bad_images.append(f"images[{n}] ({with_article(type(image).__name__)}, not an object)")
             elif not isinstance(image_id, (int, str)):
                 bad_images.append(f"images[{n}] ({'no id' if image_id is None else f'id is {image_id!r}, not an int or str'})")
             elif why := _image_problem(image.get("file_name"), "file_name"):
@@ -260,7 +257,7 @@ class CocoCaptions(ImageFiles):
         bad = []
         for n, note in enumerate(data["annotations"]):
             if not isinstance(note, dict):
-                bad.append(f"annotations[{n}] ({_a(type(note).__name__)}, not an object)")
+                bad.append(f"annotations[{n}] ({with_article(type(note).__name__)}, not an object)")
             elif isinstance(note.get("image_id"), (int, str)) and note["image_id"] in skipped:
                 bad.append(f"annotations[{n}] (its image, images[{skipped[note['image_id']]}], was skipped)")
             elif not isinstance(note.get("image_id"), (int, str)) or note["image_id"] not in by_id:

@@ -159,14 +159,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert saved["step"] == 5 and all(torch.isfinite(p).all() for p in saved["model"].parameters())
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    command = [sys.executable, "train.py", "--out", str(tmp_path), *QUICK, "--steps", "100000"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # wait (not a race: no speed is assumed) until the first checkpoint exists, which is written
-    # after the Ctrl-C handler is in place; the step under way then finishes and is saved
-    while not (tmp_path / "ckpt.pt").exists() and process.poll() is None:
+def start_a_long_run(out, stderr):
+    """train.py in a subprocess, returned once its first checkpoint exists: written after the
+    Ctrl-C handler is in place (a wait, not a race: no speed is assumed)."""
+    command = [sys.executable, "train.py", "--out", str(out), *QUICK, "--steps", "100000"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    while not (out / "ckpt.pt").exists() and process.poll() is None:
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    return process
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    process = start_a_long_run(tmp_path, stderr=subprocess.STDOUT)
+    process.send_signal(signal.SIGINT)  # the step under way finishes and is saved
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 130, output  # 128 + SIGINT, as a shell expects of an interrupted command
     saved = read_checkpoint(tmp_path / "ckpt.pt")
@@ -175,10 +180,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path):
-    command = [sys.executable, "train.py", "--out", str(tmp_path), *QUICK, "--steps", "100000"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (tmp_path / "ckpt.pt").exists() and process.poll() is None:
-        time.sleep(0.2)
+    process = start_a_long_run(tmp_path, stderr=subprocess.PIPE)
     process.send_signal(signal.SIGINT)
     time.sleep(0.1)
     process.send_signal(signal.SIGINT)  # while the step under way runs, while it is saved, or (both as one) after
