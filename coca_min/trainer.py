@@ -90,8 +90,10 @@ class ResumableSampler(DistributedSampler):
 
 @torch.no_grad()
 def evaluate_during_training(model, tokenizer, val, args, config):
-    """Quick validation figures: loss, retrieval R@1, and on the tiny set zero-shot top-1 and
-    greedy-caption object F1 on small subsets."""
+    """Quick validation figures: loss, retrieval R@1, and on the tiny set, on small subsets,
+    zero-shot top-1 (also on the held-out colour-shape pairs alone, and colour and shape
+    accuracy on their own) and the greedy captions' object F1 on `val` and on `test_comp`
+    (images with held-out pairs): what a run learns first, and what it does not."""
     model.eval()
     device = next(model.parameters()).device
     images, tokens = collate([val[i] for i in range(min(len(val), 256))])
@@ -101,9 +103,15 @@ def evaluate_during_training(model, tokenizer, val, args, config):
     out.update(evaluate_retrieval(model, val, ks=(1,)))
     if args.data == "tiny":
         classes = TinyShapes("classes", tokenizer, config.context_length, limit=min(args.eval_images or 400, 1000))
-        out["zero_shot_top1"] = evaluate_tiny_zero_shot(model, tokenizer, classes)[0]["top1"]
+        zero_shot = evaluate_tiny_zero_shot(model, tokenizer, classes)[0]
+        out["zero_shot_top1"] = zero_shot["top1"]
+        out["zero_shot_top1_held_out"] = zero_shot["top1_held_out"]
+        out["zero_shot_colour"] = zero_shot["colour_accuracy"]
+        out["zero_shot_shape"] = zero_shot["shape_accuracy"]
         subset = TinyShapes("val", tokenizer, config.context_length, limit=min(len(val), 128))
         out["caption_object_F1"] = evaluate_captions(model, subset)[0]["object_F1"]
+        held_out = TinyShapes("test_comp", tokenizer, config.context_length, limit=128)
+        out["caption_object_F1_comp"] = evaluate_captions(model, held_out)[0]["object_F1"]
     model.train()
     return out
 

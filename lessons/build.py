@@ -7,7 +7,8 @@
 A source is in the "percent" format that jupytext reads: `# %% [markdown]` starts a markdown
 cell (its lines are comments, `# ` removed), `# %%` a code cell, and `# %% tags=["raises-exception"]`
 a code cell that is meant to raise (its error is kept as the cell's output; any other error
-fails the build). Cells run in order in one namespace per lesson, with the lessons folder as
+fails the build), and `# %% tags=["measured"]` a cell whose outputs are wall-clock measurements
+(they differ from run to run, so --check compares that cell's code but not its outputs). Cells run in order in one namespace per lesson, with the lessons folder as
 the working directory, matplotlib on its non-interactive Agg backend and progress bars off.
 Outputs: what the cell prints, the value of its last expression (unless the line ends in `;`),
 and every figure it leaves open, as PNG. Cell ids and execution counts are fixed, memory
@@ -37,6 +38,7 @@ ROOT = LESSONS.parent
 CELL = re.compile(r"^# %%(?P<markdown> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<Line2D at 0x7f3a…>": differs from run to run
 RAISES = "raises-exception"  # the tag Jupyter and nbconvert use for a cell meant to raise
+MEASURED = "measured"  # a cell that times something: its outputs are not compared by --check
 
 
 class BuildError(Exception):
@@ -60,12 +62,14 @@ def parse(source: str, name="lesson"):
         if marker is None:
             if line.startswith("# %%"):
                 raise BuildError(f"{name} line {number}: a cell marker must be `# %%`, `# %% [markdown]` or "
-                                 f'`# %% tags=["{RAISES}"]`; got {line!r}')  # fmt: skip
+                                 f'`# %% tags=["{RAISES}"]` or `# %% tags=["{MEASURED}"]`; got {line!r}')  # fmt: skip
             lines.append(line)
             continue
         close()
         kind = "markdown" if marker["markdown"] else "code"
         tags = json.loads(marker["tags"]) if marker["tags"] else []
+        if not isinstance(tags, list) or set(tags) - {RAISES, MEASURED}:
+            raise BuildError(f"{name} line {number}: a cell's tags may be {RAISES!r} and {MEASURED!r}; got {marker['tags']}")
         lines = []
     close()
     return cells
@@ -163,6 +167,15 @@ def build(source_path: Path) -> str:
     return nbformat.writes(notebook) + "\n"
 
 
+def comparable(text: str) -> dict:
+    """A notebook's text -> the notebook without the outputs of its measured cells, for --check."""
+    notebook = nbformat.reads(text, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and MEASURED in cell.metadata.get("tags", []):
+            cell.outputs = []
+    return notebook
+
+
 def sources(numbers=()):
     """The lesson sources lessons/src/NN_*.py, all or those whose number is in `numbers`."""
     found = sorted((LESSONS / "src").glob("[0-9][0-9]_*.py"))
@@ -184,7 +197,7 @@ def main(argv=None):
             notebook = LESSONS / f"{source.stem}.ipynb"
             text = build(source)
             if args.check:
-                if not notebook.is_file() or notebook.read_text(encoding="utf-8") != text:
+                if not notebook.is_file() or comparable(notebook.read_text(encoding="utf-8")) != comparable(text):
                     stale.append(notebook.name)
             else:
                 notebook.write_text(text, encoding="utf-8")

@@ -101,6 +101,26 @@ def test_check_names_a_notebook_out_of_date(tmp_path, monkeypatch, capsys):
         build.main(["07"])
 
 
+def test_check_compares_a_measured_cells_code_but_not_its_outputs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(build, "LESSONS", tmp_path)
+    timed = '# %%\nimport time\n\n# %% tags=["measured"]\nprint(time.perf_counter_ns())\n\n# %%\nprint(open("x").read())\n'
+    write_lesson(tmp_path, timed)
+    (tmp_path / "x").write_text("1")  # the last cell's output, read from the lessons folder
+    build.main([])
+    build.main(["--check"])  # a new time is printed, and that is not a difference
+    assert "up to date" in capsys.readouterr().out
+    write_lesson(tmp_path, timed.replace("perf_counter_ns()", "perf_counter_ns() + 1"))
+    with pytest.raises(SystemExit, match=r"out of date"):  # the measured cell's code is still compared
+        build.main(["--check"])
+    write_lesson(tmp_path, timed)
+    build.main(["--check"])
+    (tmp_path / "x").write_text("2")
+    with pytest.raises(SystemExit, match=r"out of date"):  # every other cell's outputs are compared
+        build.main(["--check"])
+    with pytest.raises(build.BuildError, match=r"tags may be 'raises-exception' and 'measured'; got \["):
+        build.parse('# %% tags=["slow"]\nx = 1\n')
+
+
 def test_every_lesson_source_has_its_committed_notebook_and_the_other_way_round():
     sources = {p.stem for p in (ROOT / "lessons" / "src").glob("[0-9][0-9]_*.py")}
     notebooks = {p.stem for p in (ROOT / "lessons").glob("[0-9][0-9]_*.ipynb")}
