@@ -195,14 +195,12 @@ def object_scores(captions, objects):
 
 def plot_confusion(scores, labels, classnames, path, title="zero-shot confusion"):
     """Save a confusion-matrix PNG: rows are true classes, columns predicted ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # to a file, leaving pyplot's backend and figures alone
 
     C = len(classnames)
     matrix = torch.zeros(C, C).index_put_((labels, scores.argmax(1)), torch.ones(len(labels)), accumulate=True)
-    fig, ax = plt.subplots(figsize=(0.22 * C + 3, 0.22 * C + 2.5))
+    fig = Figure(figsize=(0.22 * C + 3, 0.22 * C + 2.5))
+    ax = fig.subplots()
     ax.imshow((matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(C), classnames, rotation=90, fontsize=6)
     ax.set_yticks(range(C), classnames, fontsize=6)
@@ -211,7 +209,6 @@ def plot_confusion(scores, labels, classnames, path, title="zero-shot confusion"
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return matrix
 
 

@@ -6,10 +6,8 @@ calls `plot_training` at every evaluation, so the PNGs in the output folder are 
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no window: works on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # drawn straight to a file: no window, and pyplot's
+# backend and figures, a notebook's among them, are left as they are
 
 
 def _smooth(values, weight=0.9):
@@ -26,7 +24,8 @@ def plot_training(history, evaluations, out_dir) -> None:
     out_dir = Path(out_dir)
     if history:
         steps = [h["step"] for h in history]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        fig = Figure(figsize=(13, 3.6))
+        axes = fig.subplots(1, 3)
         for ax, key, title in zip(axes, ["loss", "contrastive", "caption"],
                                   ["total: 1·contrastive + 2·caption", "contrastive", "captioning"]):  # fmt: skip
             values = [h[key] for h in history]
@@ -42,17 +41,17 @@ def plot_training(history, evaluations, out_dir) -> None:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / "losses.png", dpi=100)
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
         ax.plot(steps, [h["lr"] for h in history])
         ax.set(title="learning rate", xlabel="step", ylabel="learning rate")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / "lr.png", dpi=100)
-        plt.close(fig)
     if evaluations:
         names = [k for k in evaluations[-1] if k != "step"]
-        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        fig = Figure(figsize=(6.5, 3.8))
+        ax = fig.subplots()
         for name in names:
             ax.plot([e["step"] for e in evaluations], [e.get(name) for e in evaluations], marker="o", label=name)
         ax.set(title="evaluation during training", xlabel="step", ylabel="value (loss, or a rate in [0, 1])")
@@ -60,4 +59,3 @@ def plot_training(history, evaluations, out_dir) -> None:
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out_dir / "metrics.png", dpi=100)
-        plt.close(fig)

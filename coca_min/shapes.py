@@ -205,19 +205,16 @@ def save_sample_grid(data, path, n=12) -> None:
     """A PNG of the first `n` images of a split with their canonical captions."""
     import textwrap
 
-    import matplotlib
+    from matplotlib.figure import Figure  # to a file, leaving pyplot's backend and figures alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, n // 2, figsize=(2.2 * n // 2, 6.4))
+    fig = Figure(figsize=(2.2 * n // 2, 6.4))
+    axes = fig.subplots(2, n // 2)
     for ax, pixels, caption in zip(axes.flat, data["pixels"], data["captions"][:, 0]):
         ax.imshow(PALETTE[pixels], interpolation="nearest")
         ax.set_title(textwrap.fill(str(caption), 26), fontsize=7)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
 
 
 def save_png_folder(split_file, folder, count) -> int:

@@ -2,6 +2,8 @@
 set's zero-shot, retrieval and caption reports end to end on small subsets."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +109,31 @@ def test_evaluation_shows_no_progress_bar_outside_a_terminal(tiny, capsys):
     # ten batches would draw a bar in a terminal; in a log file or CI a bar is \r fragments
     evaluate_captions(tiny, TinyShapes("val", limit=10), batch_size=1, max_new=2)
     assert "\r" not in capsys.readouterr().err
+
+
+def test_the_plot_functions_leave_pyplots_backend_and_figures_alone(tmp_path):
+    # a notebook's inline backend and open figures must survive a call that writes a PNG: before
+    # this, plot_confusion, plot_training and save_sample_grid switched pyplot to Agg, closing
+    # every open figure (a new process, so that no other test's backend is changed)
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+import torch
+from coca_min import shapes
+from coca_min.evaluate import plot_confusion
+from coca_min.plots import plot_training
+
+mine = plt.figure()
+out = {str(tmp_path)!r}
+plot_confusion(torch.eye(3), torch.arange(3), ["a", "b", "c"], out + "/confusion.png")
+history = [{{"step": s, "loss": 3.0 / s, "contrastive": 2.0 / s, "caption": 1.0 / s, "lr": 1e-3}} for s in (1, 2)]
+plot_training(history, [{{"step": 2, "val_loss": 1.0}}], out)
+shapes.save_sample_grid(shapes.generate("val", range(4)), out + "/grid.png", n=4)
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert plt.get_fignums() == [mine.number], plt.get_fignums()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for picture in ["confusion.png", "losses.png", "lr.png", "metrics.png", "grid.png"]:
+        assert Image.open(tmp_path / picture).size[0] > 200, picture

@@ -40,7 +40,10 @@ def test_short_run_lowers_the_loss_and_writes_report_history_and_plots(tmp_path)
     assert 0 <= report["test"]["image_to_text_R@1"] <= 1 and report["run"]["steps"] == 40
     for picture in ["losses.png", "lr.png", "metrics.png", "confusion.png"]:
         assert (tmp_path / picture).stat().st_size > 5000, picture
-    assert saved["evaluations"] and "zero_shot_top1" in saved["evaluations"][-1]
+    logged = {"val_loss", "image_to_text_R@1", "text_to_image_R@1", "zero_shot_top1", "zero_shot_top1_held_out",
+              "zero_shot_colour", "zero_shot_shape", "caption_object_F1", "caption_object_F1_comp"}  # fmt: skip
+    assert saved["evaluations"] and set(saved["evaluations"][-1]) == {"step"} | logged
+    assert all(0 <= value <= 1 for name, value in saved["evaluations"][-1].items() if name not in ("step", "val_loss"))
     assert load_checkpoint(tmp_path / "ckpt.pt")["model"].config.vocab_size == 366
 
 
