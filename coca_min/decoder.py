@@ -79,7 +79,9 @@ class TextDecoder(nn.Module):
     def decode_step(self, tokens, caption_tokens, cache):
         """Incremental decoding: the next tokens (B, t) after the `cache["length"]` tokens already
         seen -> their logits (B, t, V). Same numbers as `unimodal` then `multimodal` on the whole
-        text (no [CLS] is needed to caption), at the cost of the new tokens only."""
+        text (no [CLS] is needed to caption), at the cost of the new tokens only, for text without
+        [PAD]: there is no padding mask here (generation never feeds [PAD] to a caption that goes
+        on; an ended caption's later logits are not used)."""
         start, t = cache["length"], tokens.shape[1]
         x = self.token_embedding(tokens) + self.pos_embedding[start : start + t]  # (B, t, D)
         # new token i (position start + i) may attend to every position up to its own
