@@ -137,6 +137,7 @@ def test_every_lesson_source_has_its_committed_notebook_and_the_other_way_round(
                 assert not any(o["output_type"] == "error" for o in cell.outputs), (name, cell.id)
 
 
+@pytest.mark.lessons  # a run of its own (README, .ci/run): python -m pytest -q -m lessons
 @pytest.mark.parametrize("source", sorted((ROOT / "lessons" / "src").glob("[0-9][0-9]_*.py")), ids=lambda p: p.stem)
 def test_each_lesson_runs_in_a_fresh_process_and_its_notebook_is_up_to_date(source, tmp_path):
     # a new interpreter started elsewhere: nothing of this test session (imports, seeds, the
