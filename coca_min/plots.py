@@ -49,13 +49,22 @@ def plot_training(history, evaluations, out_dir) -> None:
         fig.tight_layout()
         fig.savefig(out_dir / "lr.png", dpi=100)
     if evaluations:
-        names = [k for k in evaluations[-1] if k != "step"]
-        fig = Figure(figsize=(6.5, 3.8))
-        ax = fig.subplots()
-        for name in names:
-            ax.plot([e["step"] for e in evaluations], [e.get(name) for e in evaluations], marker="o", label=name)
-        ax.set(title="evaluation during training", xlabel="step", ylabel="value (loss, or a rate in [0, 1])")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        steps = [e["step"] for e in evaluations]
+        losses = [k for k in evaluations[-1] if "loss" in k]  # on their own axes: rates are in [0, 1]
+        rates = [k for k in evaluations[-1] if k != "step" and k not in losses]
+        fig = Figure(figsize=(12, 4))
+        loss_ax, rate_ax = fig.subplots(1, 2, width_ratios=[1, 1.6])
+        for ax, names in [(loss_ax, losses), (rate_ax, rates)]:
+            for name in names:
+                ax.plot(steps, [e.get(name) for e in evaluations], marker="o", markersize=3, label=name)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        loss_ax.set(title="validation loss", ylabel="loss")
+        if losses and min(min(e.get(k, 1.0) for e in evaluations) for k in losses) > 0:
+            loss_ax.set_yscale("log")
+            loss_ax.set_ylabel("loss (log scale)")
+        rate_ax.set(title="evaluation during training", ylabel="rate", ylim=(-0.02, 1.02))
+        if rates:
+            rate_ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(out_dir / "metrics.png", dpi=100)
