@@ -2,18 +2,14 @@
 # # Lesson 06 — The losses
 #
 # **What you will learn**
-# - the contrastive loss of paper eq. 1, computed by hand from the similarity matrix, in both
-#   directions (image→text and text→image);
-# - its gradient with respect to the embeddings and the scale, derived on paper ("softmax minus
-#   one-hot"), computed by hand and checked against autograd in float64;
-# - the learnable temperature: what it does to the softmax, why it is clamped at 100, and what
-#   the trained tiny model learned;
-# - the captioning loss: teacher forcing, shifted targets, padding ignored;
+# - the contrastive loss (paper eq. 1) from the similarity matrix, by hand, in both directions;
+# - its gradient ("softmax minus one-hot"), derived on paper and checked against autograd;
+# - the learnable temperature, and why it is clamped at 100;
+# - the captioning loss: teacher forcing, [PAD] targets ignored;
 # - the weights $\lambda_\text{Con} = 1$, $\lambda_\text{Cap} = 2$, and why CLIP's and open_clip's
 #   averaging of the two directions halves the contrastive weight.
 #
-# **Paper**: §3.1 (eq. 1, the contrastive loss; eq. 2, the captioning loss), §3.2 (eq. 3, their
-# weighted sum) and §4.1 (the weights).
+# **Paper**: §3.1 (eq. 1 and 2, the two losses), §3.2 (eq. 3, their sum), §4.1 (the weights).
 #
 # **Assumes**: lesson 01 ([PAD] is id 0), lesson 04 (the image embedding $x$), lesson 05 (the
 # text embedding $y$, the logits, teacher forcing).
@@ -21,8 +17,7 @@
 # %% [markdown]
 # ## Set-up
 # Imports, a fixed seed and thread count, the version; the trained tiny model shipped with the
-# lessons (see `lessons/README.md`) and one batch of 8 `val` images with their captions, padded
-# by coca_min's `collate` as the training loop pads them.
+# lessons (`lessons/README.md`), run on 8 `val` pairs padded by `collate` as in training.
 
 # %%
 import math
@@ -37,7 +32,7 @@ import coca_min
 from coca_min import PRESETS, CoCa
 from coca_min.data import TinyShapes, collate
 from coca_min.losses import caption_loss, coca_loss, contrastive_loss
-from coca_min.tokenizer import PAD
+from coca_min.tokenizer import BYTE_OFFSET, PAD
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -51,8 +46,7 @@ images, tokens = collate([val[i] for i in range(8)])  # right-padded with PAD to
 with torch.no_grad():
     outputs = trained(images, tokens)
 print("images", tuple(images.shape), "| tokens", tuple(tokens.shape), "| PAD id", PAD)
-for name, value in outputs.items():
-    print(f"{name:16s} {tuple(value.shape)}")
+print({name: tuple(value.shape) for name, value in outputs.items()})
 
 # %% [markdown]
 # ## 1. The contrastive loss, from the similarity matrix
@@ -71,7 +65,7 @@ for name, value in outputs.items():
 # + \sum_{i=1}^{N} \log\frac{\exp(y_i^\top x_i/\sigma)}{\sum_{j=1}^{N}\exp(y_i^\top x_j/\sigma)}\right).$$
 #
 # The first sum is image→text (a softmax along each row of $Z$), the second text→image (along
-# each column). Note the **sum** of the two, each a mean over the batch: section 5 comes back to it.
+# each column). Note the **sum** of the two means: section 5 comes back to it.
 
 # %%
 def contrastive_by_hand(x, y, s):
@@ -89,8 +83,8 @@ print("x", tuple(x.shape), "| y", tuple(y.shape), "| s", round(s.item(), 3), "| 
 print(f"image->text {i2t.item():.6f} + text->image {t2i.item():.6f} = L_con {l_con.item():.6f}")
 
 # %% [markdown]
-# The figure shows the cosines and the image→text softmax (each row sums to 1): at the
-# learned $s$ the trained model puts almost all of each row on its own text, hence the tiny loss.
+# The cosines and the image→text softmax (each row sums to 1): at its learned $s$ the trained
+# model puts almost all of each row on its own text, hence the tiny loss.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -117,7 +111,8 @@ random_loss, random_i2t, random_t2i = contrastive_by_hand(rx, ry, scale)
 assert torch.allclose(random_loss, contrastive_loss(rx, ry, scale), atol=1e-6)
 _, swapped_i2t, swapped_t2i = contrastive_by_hand(ry, rx, scale)
 assert torch.allclose(swapped_i2t, random_t2i, atol=1e-6) and torch.allclose(swapped_t2i, random_i2t, atol=1e-6)
-print(f"random unit vectors: L_con {random_loss.item():.4f} (2 log 8 = {2 * math.log(8):.4f} if every softmax were uniform); equal to coca_min")
+print(f"random unit vectors: L_con {random_loss.item():.4f}, equal to coca_min "
+      f"(2 log 8 = {2 * math.log(8):.4f} if every softmax were uniform)")  # fmt: skip
 
 # %% [markdown]
 # ## 2. The gradient, on paper
@@ -134,9 +129,8 @@ print(f"random unit vectors: L_con {random_loss.item():.4f} (2 log 8 = {2 * math
 #
 # $$G = \frac{\partial \mathcal{L}_\text{Con}}{\partial Z} = \frac1N\big[(P - I) + (Q - I)\big].$$
 #
-# With $z_{ij} = s\,x_i^\top y_j$ the chain rule gives, treating the unit vectors $x_i, y_j$ as
-# free vectors (the gradient with respect to the *normalised* embeddings; the normalisation's
-# own Jacobian is exercise 1):
+# The chain rule through $z_{ij} = s\,x_i^\top y_j$ gives the gradients with respect to the
+# *normalised* embeddings (exercise 1 adds the normalisation's Jacobian):
 #
 # $$\frac{\partial \mathcal{L}_\text{Con}}{\partial x_i} = s\sum_j G_{ij}\, y_j = \frac{s}{N}\Big[\sum_j (P_{ij} + Q_{ij})\, y_j - 2\, y_i\Big],
 # \qquad
@@ -149,10 +143,8 @@ print(f"random unit vectors: L_con {random_loss.item():.4f} (2 log 8 = {2 * math
 # $y_i$ with weight $2 - P_{ii} - Q_{ii}$ and pushed away from every other text $y_j$ with weight
 # $P_{ij} + Q_{ij}$, the probabilities with which the model confuses the two. When the
 # softmaxes are one-hot on the diagonal, the gradient vanishes.
-
-# %% [markdown]
-# We compute all three by hand in float64, on 6 random pairs of unit vectors in 16 dimensions,
-# and let autograd differentiate both our loss and coca_min's.
+#
+# We compute all three by hand in float64, on 6 random pairs of unit vectors in 16 dimensions.
 
 # %%
 N, E = 6, 16
@@ -173,55 +165,39 @@ print("G", tuple(G.shape), "| dL/dx", tuple(grad_x.shape), "| dL/dy", tuple(grad
 # %% [markdown]
 # **Check 2**: the hand-made gradients equal autograd's, through our loss and through
 # `coca_min.losses.contrastive_loss`, to 1e-10 (float64).
+#
+# **Check 3**: `torch.autograd.gradcheck` (finite differences against autograd, float64, its
+# default atol 1e-5, rtol 1e-3) passes on coca_min's `contrastive_loss` in all three inputs.
 
 # %%
+by_hand = (grad_x, grad_y, grad_s)
 ours = torch.autograd.grad(contrastive_by_hand(x64, y64, s64)[0], (x64, y64, s64))
 library = torch.autograd.grad(contrastive_loss(x64, y64, s64), (x64, y64, s64))
-worst = 0.0
-for autograd_result in (ours, library):
-    for by_hand, auto in zip((grad_x, grad_y, grad_s), autograd_result):
-        assert torch.allclose(by_hand, auto, atol=1e-10, rtol=0)
-        worst = max(worst, (by_hand - auto).abs().max().item())
-print(f"largest difference, hand vs autograd: {worst:.1e}")
-
-# %% [markdown]
-# **Check 3**: `torch.autograd.gradcheck` (finite differences against autograd, float64, its
-# default tolerances atol 1e-5, rtol 1e-3) passes on coca_min's `contrastive_loss` in all three
-# inputs.
-
-# %%
+assert all(torch.allclose(h, a, atol=1e-10, rtol=0) for h, a in zip(by_hand * 2, ours + library))
+worst = max((h - a).abs().max().item() for h, a in zip(by_hand * 2, ours + library))
+print(f"largest difference, hand vs autograd (ours and coca_min's): {worst:.1e}")
 assert torch.autograd.gradcheck(contrastive_loss, (x64, y64, s64))
 print("gradcheck passed on coca_min.losses.contrastive_loss")
 
 # %% [markdown]
 # ## 3. The learnable temperature, and its clamp
 #
-# coca_min keeps $s$ as $s = e^{t}$ with the parameter $t$ = `log_logit_scale` (so $s$ stays
-# positive), starting at $t = \log(1/0.07)$, i.e. $s \approx 14.3$ (SPEC §3, `CoCa.reset_parameters`).
-# $s$ sets how sharp the softmaxes are: at small $s$ every text looks alike, at large $s$ the
-# softmax is nearly one-hot.
+# coca_min keeps $s = e^{t}$ with the parameter $t$ = `log_logit_scale` (so $s > 0$), starting
+# at $t = \log(1/0.07)$, $s \approx 14.3$ (SPEC §3, `CoCa.reset_parameters`). $s$ sets how sharp
+# the softmaxes are: at small $s$ every text looks alike, at large $s$ they are nearly one-hot.
 #
-# The formula for $\partial\mathcal{L}/\partial s$ above says where training pushes it. $\sum_j
-# P_{ij} c_{ij}$ is an average of row $i$'s cosines, so it is below the largest of them. When
+# The formula for $\partial\mathcal{L}/\partial s$ says where training pushes it.
+# $\sum_j P_{ij} c_{ij}$ is an average of row $i$'s cosines, so it is below the largest. When
 # every image's own text has strictly the largest cosine in its row (and every text's own image
 # in its column), each bracket is negative: $\partial\mathcal{L}/\partial s < 0$ **at every $s$**,
 # and gradient descent raises $s$ without end. That is what the clamp stops.
 #
-# We measure $\mathcal{L}_\text{Con}$, the softmax's sharpness and $\partial\mathcal{L}/\partial s$
-# against $s$ on three sets of embeddings: the 8 `val` pairs of section 1, 128 `test` pairs of
-# the trained model, and the same 128 through an *untrained* model.
-#
-# One numerical point: where every pair is right by a margin, the loss at large $s$ is far
-# smaller than float64's resolution next to $z_{ii}$, and "logsumexp minus $z_{ii}$" rounds it
-# to 0. The sweep uses the same quantities in forms that do not cancel: since
-# $\sum_j P_{ij} = 1$, each bracket of $\partial\mathcal{L}/\partial s$ is
-# $\sum_j P_{ij}(c_{ij} - c_{ii})$, and each term of eq. 1 is
-# $\log\big(1 + \sum_{j \ne i} e^{s(c_{ij} - c_{ii})}\big)$, a softplus of the negatives' logsumexp
-# (it asserts that this equals coca_min's loss, to 1e-9 relative, wherever the loss exceeds 1e-6).
+# Three sets of embeddings: the 8 `val` pairs of section 1, 128 `test` pairs through the trained
+# model, and the same 128 through an *untrained* one. How many are right?
 
 # %%
 test = TinyShapes("test", limit=128)
-test_images, test_tokens = collate(test.__getitems__(list(range(128))))  # the batched fetch a DataLoader uses
+test_images, test_tokens = collate([test[i] for i in range(128)])
 untrained = CoCa(PRESETS["tiny"]).eval()
 with torch.no_grad():
     embeddings = {
@@ -230,114 +206,107 @@ with torch.no_grad():
         "untrained, 128 test pairs": (untrained.encode_image(test_images)[0], untrained.encode_text(test_tokens)[0]),
     }
 for name, (ex, ey) in embeddings.items():
-    c = ex @ ey.T
-    right = (c.argmax(1) == torch.arange(len(c))).float().mean().item()
-    right_t = (c.argmax(0) == torch.arange(len(c))).float().mean().item()
-    print(f"{name:26s} own text has the largest cosine for {right:.1%} of images, own image for {right_t:.1%} of texts")
+    c, n = ex @ ey.T, torch.arange(len(ex))  # (N, N) cosines; pair i on the diagonal
+    print(f"{name:26s} own text has the largest cosine for {(c.argmax(1) == n).float().mean():.1%} of images, "
+          f"own image for {(c.argmax(0) == n).float().mean():.1%} of texts")  # fmt: skip
 
+# %% [markdown]
+# `sweep` computes $\mathcal{L}_\text{Con}$ and $\partial\mathcal{L}/\partial s$ at 49 values of
+# $s$ from 1 to 1000, in float64. Where every pair is right, "logsumexp minus $z_{ii}$" rounds
+# the loss to 0 at large $s$, so it uses forms that do not cancel: each term of eq. 1 as
+# $\log\big(1 + \sum_{j \ne i} e^{s(c_{ij} - c_{ii})}\big)$, each bracket of $\partial\mathcal{L}/\partial s$
+# as $\sum_j P_{ij}(c_{ij} - c_{ii})$ (as $\sum_j P_{ij} = 1$). It asserts that the loss equals
+# coca_min's (1e-9 relative) wherever it exceeds 1e-6.
+
+# %%
 scales = np.logspace(0, 3, 49)  # s from 1 to 1000
 
 
-def sweep(ex, ey):
-    """L_con, the mean image->text softmax entropy and dL/ds at each s, in float64 and in forms
-    that do not cancel (see the markdown above)."""
+def sweep(ex, ey):  # -> L_con and dL/ds, one value per s
     C = ex.double() @ ey.double().T  # (N, N) cosines c_ij
     rows = C - C.diagonal()[:, None]  # (N, N): c_ij - c_ii, image i's margins (<= 0 where it is right)
     cols = C - C.diagonal()[None, :]  # (N, N): c_ij - c_jj, text j's margins
-    off = torch.eye(len(C), dtype=torch.bool)  # the diagonal, left out of the negatives
-    losses, entropies, slopes = [], [], []
+    diagonal = torch.eye(len(C), dtype=torch.bool)  # left out of the negatives
+    losses, slopes = [], []
     for value in scales:
         P, Q = (value * C).softmax(dim=1), (value * C).softmax(dim=0)  # image->text rows, text->image columns
-        negatives_i2t = (value * rows).masked_fill(off, -math.inf).logsumexp(dim=1)  # (N,)
-        negatives_t2i = (value * cols).masked_fill(off, -math.inf).logsumexp(dim=0)  # (N,)
-        loss = F.softplus(negatives_i2t).mean() + F.softplus(negatives_t2i).mean()  # eq. 1, log(1 + sum_j!=i e^(s(c_ij - c_ii)))
-        slope = ((P * rows).sum() + (Q * cols).sum()) / len(C)  # dL/ds, section 2, as sum_j P_ij (c_ij - c_ii)
-        entropy = -(P * P.clamp_min(1e-300).log()).sum(1).mean()  # mean row entropy, nats
-        losses.append(loss.item()), entropies.append(entropy.item()), slopes.append(slope.item())
-        if loss > 1e-6:  # where the plain formula has digits to spare, the two forms agree
+        negatives_i2t = (value * rows).masked_fill(diagonal, -math.inf).logsumexp(dim=1)  # (N,)
+        negatives_t2i = (value * cols).masked_fill(diagonal, -math.inf).logsumexp(dim=0)  # (N,)
+        loss = F.softplus(negatives_i2t).mean() + F.softplus(negatives_t2i).mean()  # eq. 1
+        if loss > 1e-6:  # where the plain formula has digits to spare, the two agree
             assert math.isclose(loss.item(), contrastive_loss(ex.double(), ey.double(), torch.tensor(value)).item(), rel_tol=1e-9)
-    return np.array(losses), np.array(entropies), np.array(slopes)
+        losses.append(loss.item())
+        slopes.append((((P * rows).sum() + (Q * cols).sum()) / len(C)).item())  # dL/ds, section 2
+    return np.array(losses), np.array(slopes)
 
 
 curves = {name: sweep(ex, ey) for name, (ex, ey) in embeddings.items()}
-for name, (losses, _, slopes) in curves.items():
-    best = scales[losses.argmin()]
-    print(f"{name:26s} dL/ds < 0 at {np.mean(slopes < 0):.0%} of the grid; lowest loss at s = {best:.0f}")
+for name, (losses, slopes) in curves.items():
+    print(f"{name:26s} dL/ds < 0 at {np.mean(slopes < 0):.0%} of the grid; lowest loss at s = {scales[losses.argmin()]:.0f}")
 
 # %% [markdown]
-# The trained model's learned value of $s$, read from the checkpoint, against its initial
-# value; both are marked on the figure, with the clamp at 100.
+# The curves, with the initial $s$, the trained model's learned $s$ (read from the checkpoint)
+# and the region the clamp removes.
 
 # %%
 s_init, s_learned = 1 / 0.07, trained.log_logit_scale.exp().item()
-print(f"initial s = 1/0.07 = {s_init:.2f} (temperature {1 / s_init:.3f}); "
-      f"learned s = {s_learned:.2f} (temperature {1 / s_learned:.4f}); clamp s <= {CoCa.max_logit_scale:.0f}")
+print(f"initial s = {s_init:.2f} (temperature 0.07); learned s = {s_learned:.2f} (temperature {1 / s_learned:.4f}); "
+      f"clamp s <= {CoCa.max_logit_scale:.0f} (temperature >= {1 / CoCa.max_logit_scale})")  # fmt: skip
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-for name, (losses, entropies, _) in curves.items():
-    axes[0].plot(scales, losses, label=name)
-    axes[1].plot(scales, entropies, label=name)
-for ax in axes:
-    ax.axvline(s_init, color="grey", linestyle=":", label=f"initial s = {s_init:.1f}")
-    ax.axvline(s_learned, color="black", linestyle="--", label=f"learned s = {s_learned:.1f}")
-    ax.axvspan(CoCa.max_logit_scale, scales[-1], color="red", alpha=0.1, label="s > 100: removed by the clamp")
-    ax.set_xscale("log")
-    ax.set_xlabel("scale s = 1/temperature")
-    ax.grid(alpha=0.3)
-axes[0].set(yscale="log", ylim=(1e-16, 1e3), ylabel="contrastive loss $L_{con}$ (eq. 1)", title="loss against s")
-axes[1].set(ylabel="mean entropy of an image->text softmax (nats)", title="softmax sharpness against s")
-for n_texts in (8, 128):  # the entropy of a uniform softmax over the batch's texts
-    axes[1].axhline(math.log(n_texts), color="grey", linewidth=0.8)
-    axes[1].text(1.1, math.log(n_texts) + 0.08, f"log {n_texts}: uniform over {n_texts} texts", fontsize=8)
-axes[0].legend(fontsize=8)
+fig, ax = plt.subplots(figsize=(7, 4.2))
+for name, (losses, _) in curves.items():
+    ax.plot(scales, losses, label=name)
+ax.axvline(s_init, color="grey", linestyle=":", label=f"initial s = {s_init:.1f}")
+ax.axvline(s_learned, color="black", linestyle="--", label=f"learned s = {s_learned:.1f}")
+ax.axvspan(CoCa.max_logit_scale, scales[-1], color="red", alpha=0.1, label="s > 100: removed by the clamp")
+ax.set(xscale="log", yscale="log", ylim=(1e-16, 1e3), xlabel="scale s = 1/temperature",
+       ylabel="contrastive loss $L_{con}$ (eq. 1)", title="the contrastive loss against the scale s")  # fmt: skip
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
-# On the 8 `val` pairs, all right in both directions, $\partial\mathcal{L}/\partial s < 0$ at
-# every $s$ of the grid and the loss keeps falling (out of the frame): left alone, gradient
-# descent would raise $s$ for ever. On 128 `test` pairs, with a few wrong, the loss is lowest
-# near $s = 100$ and grows again beyond: a wrong pair costs about $s\,(c_{ij} - c_{ii})$ once
-# $s$ is large, so an unbounded $s$ makes each mistake, and its gradient (which carries a
-# factor $s$, section 2), as large as it likes. For the untrained model the loss is lowest at
-# $s \approx 2$. The clamp keeps $s \le 100$, a temperature of at least 0.01 (CLIP's cap,
-# `CoCa.max_logit_scale`); the trained tiny model learned $s \approx 37.5$, inside it.
+# On the 8 `val` pairs, all right, $\partial\mathcal{L}/\partial s < 0$ at every $s$ and the loss
+# keeps falling (out of the frame): gradient descent would raise $s$ for ever. On 128 `test`
+# pairs, a few wrong, the loss is lowest near $s = 100$ and grows beyond: a wrong pair costs
+# about $s\,(c_{ij} - c_{ii})$ at large $s$, so an unbounded $s$ makes each mistake, and its
+# gradient (a factor $s$, section 2), as large as it likes. The untrained model's loss is
+# lowest at $s \approx 2$. The clamp keeps $s \le 100$ (CLIP's cap, `CoCa.max_logit_scale`).
 #
-# The clamp is applied **to the parameter, after each optimizer step** (`coca_min/trainer.py`
-# calls `model.clamp_logit_scale_()` after every `optimizer.step()`), not in the forward pass.
-# The docstring says why: a clamp in the forward pass, $\min(e^t, 100)$, has zero gradient
-# once $e^t > 100$, so $t$ could never come back down. We show both.
+# It acts **on the parameter, after each optimizer step** (`coca_min/trainer.py` calls
+# `model.clamp_logit_scale_()` after every `optimizer.step()`): as its docstring says,
+# $\min(e^t, 100)$ in the forward pass has zero gradient once $e^t > 100$, so $t$ could never
+# come back down.
 #
-# **Check 4**, on the embeddings of the 128 trained `test` pairs: `clamp_logit_scale_` brings
-# $s = 250$ down to 100 (1e-4) and leaves $s = 40$ alone (1e-4); after it, the gradient on $t$
-# is not zero (> 1e-6), while a forward-pass clamp at $s = 250$ gives a gradient of exactly 0.
-# And the checkpoint's learned $s$ lies between its start and the cap.
+# **Check 4**, on the 128 trained `test` pairs: `clamp_logit_scale_` brings $s = 250$ down to
+# 100 and leaves $s = 40$ alone (1e-4), and after it the gradient on $t$ is not zero (> 1e-6);
+# a forward-pass clamp at $s = 250$ gives a gradient of exactly 0. The learned $s$ lies between
+# its start and the cap.
 
 # %%
 test_x, test_y = embeddings["trained, 128 test pairs"]
+clamped = CoCa.from_checkpoint(ASSETS / "tiny_coca.pt").eval()  # a copy to change
 
 
-def gradient_on_t(model, clamp_in_forward):  # dL_con/dt on the 128 trained test pairs' embeddings
-    model.zero_grad(set_to_none=True)
-    scale = model.log_logit_scale.exp()  # what model(...)["logit_scale"] returns: s = e^t
+def gradient_on_t(clamp_in_forward):  # dL_con/dt on the 128 trained test pairs
+    clamped.zero_grad(set_to_none=True)
+    scale = clamped.log_logit_scale.exp()  # s = e^t, as model(...)["logit_scale"]
     if clamp_in_forward:  # the wrong place for the clamp
         scale = scale.clamp(max=CoCa.max_logit_scale)
     contrastive_loss(test_x, test_y, scale).backward()
-    return model.log_logit_scale.grad.item()
+    return clamped.log_logit_scale.grad.item()
 
 
-clamped = CoCa.from_checkpoint(ASSETS / "tiny_coca.pt").eval()  # a copy to change
 for start in (250.0, 40.0):
     with torch.no_grad():
         clamped.log_logit_scale.fill_(math.log(start))
-    forward_clamp_grad = gradient_on_t(clamped, clamp_in_forward=True)
-    clamped.clamp_logit_scale_()  # the line training runs after each optimizer step
-    after, parameter_clamp_grad = clamped.log_logit_scale.exp().item(), gradient_on_t(clamped, clamp_in_forward=False)
+    forward_clamp_grad = gradient_on_t(clamp_in_forward=True)
+    clamped.clamp_logit_scale_()  # what training runs after each optimizer step
+    after, parameter_clamp_grad = clamped.log_logit_scale.exp().item(), gradient_on_t(clamp_in_forward=False)
     print(f"s = {start:5.1f} -> clamp_logit_scale_() -> s = {after:6.2f}, then dL/dt = {parameter_clamp_grad:+.2e}"
           f" | a forward clamp at s = {start:.0f} gives dL/dt = {forward_clamp_grad:+.2e}")  # fmt: skip
-    assert abs(after - min(start, 100.0)) < 1e-4
-    assert abs(parameter_clamp_grad) > 1e-6
-    if start > 100:
-        assert forward_clamp_grad == 0.0
+    assert abs(after - min(start, 100.0)) < 1e-4 and abs(parameter_clamp_grad) > 1e-6
+    assert start < 100 or forward_clamp_grad == 0.0
 assert s_init < s_learned <= CoCa.max_logit_scale
 
 # %% [markdown]
@@ -348,12 +317,11 @@ assert s_init < s_learned <= CoCa.max_logit_scale
 # $$\mathcal{L}_\text{Cap} = -\sum_{t=1}^{T} \log P_\theta(y_t \mid y_{<t}, x).$$
 #
 # With **teacher forcing** the decoder reads the true caption, not its own guesses: one
-# forward pass reads `tokens[:, :-1]`, and position $t$ predicts `tokens[:, t + 1]`. The
-# targets are the tokens shifted by one; [PAD] targets (id 0) carry no word and are left out.
-# The paper sums over a caption's tokens; coca_min averages over the batch's non-padding
-# target tokens (its docstring says so), which only rescales the loss.
+# forward pass reads `tokens[:, :-1]`, and position $t$ predicts `tokens[:, t + 1]`. [PAD]
+# targets (id 0) carry no word and are left out. The paper sums over a caption's tokens;
+# coca_min averages over the batch's real target tokens (its docstring says so).
 #
-# Here is the alignment for `val` caption 1, the shortest of the batch:
+# The alignment for `val` caption 1, one of the batch's two shortest (10 tokens):
 
 # %%
 names = {0: "[PAD]", 1: "[BOS]", 2: "[EOS]"}
@@ -365,8 +333,10 @@ for t in range(12):
     print(f"position {t:2d}: reads {word(inputs[1, t].item()):10s} -> must predict {word(targets[1, t].item())}")
 
 # %% [markdown]
-# The loss from scratch: the log-probability of each target under the log-softmax of its
-# position's logits, the [PAD] targets masked out, the mean over the real ones.
+# The loss from scratch: each target's log-probability under its position's log-softmax, the
+# [PAD] targets masked out, the mean over the real ones.
+#
+# **Check 5**: it equals `coca_min.losses.caption_loss` on the trained model's logits (1e-6).
 
 # %%
 def caption_by_hand(logits, targets, pad_id):
@@ -377,21 +347,15 @@ def caption_by_hand(logits, targets, pad_id):
 
 
 l_cap = caption_by_hand(logits, targets, PAD)
-n_real = int((targets != PAD).sum())
-print(f"L_cap {l_cap.item():.6f} over {n_real} real targets of {targets.numel()} positions")
-
-# %% [markdown]
-# **Check 5**: equals `coca_min.losses.caption_loss` on the trained model's logits (1e-6).
-
-# %%
 assert torch.allclose(l_cap, caption_loss(logits, targets, PAD), atol=1e-6)
-print("equal to coca_min.losses.caption_loss")
+print(f"L_cap {l_cap.item():.6f} over {int((targets != PAD).sum())} real targets of {targets.numel()} positions; "
+      "equal to coca_min.losses.caption_loss")  # fmt: skip
 
 # %% [markdown]
-# **Check 6** (padding is ignored): padding the same batch further, from its longest caption
-# to the context length of 32, and running the model again, changes none of coca_min's
-# $\mathcal{L}_\text{Cap}$, $\mathcal{L}_\text{Con}$ and total, nor our $\mathcal{L}_\text{Cap}$ (1e-6).
-# A loss that also scores the [PAD] targets does change; we print it for contrast.
+# **Check 6** (padding is ignored): padding the batch further, to the context length of 32,
+# and running the model again changes none of coca_min's $\mathcal{L}_\text{Cap}$,
+# $\mathcal{L}_\text{Con}$ and total, nor our $\mathcal{L}_\text{Cap}$ (1e-6). A loss that also
+# scores the [PAD] targets does change: we print it for contrast.
 
 # %%
 longer = F.pad(tokens, (0, 32 - tokens.shape[1]), value=PAD)  # (B, 32): more [PAD] on the right
@@ -399,8 +363,7 @@ with torch.no_grad():
     outputs_longer = trained(images, longer)
 short_all, long_all = coca_loss(outputs, tokens, PAD), coca_loss(outputs_longer, longer, PAD)
 ours_long = caption_by_hand(outputs_longer["logits"], longer[:, 1:], PAD)
-for key in ("caption", "contrastive", "loss"):
-    assert torch.allclose(short_all[key], long_all[key], atol=1e-6)
+assert all(torch.allclose(short_all[key], long_all[key], atol=1e-6) for key in ("caption", "contrastive", "loss"))
 assert torch.allclose(ours_long, l_cap, atol=1e-6)
 scores_padding = lambda out, toks: F.cross_entropy(out["logits"].flatten(0, 1), toks[:, 1:].flatten())  # no ignore_index
 print(f"tokens {tuple(tokens.shape)} -> {tuple(longer.shape)}: L_cap {l_cap.item():.6f} -> {ours_long.item():.6f}")
@@ -408,15 +371,15 @@ print(f"with [PAD] targets scored: {scores_padding(outputs, tokens).item():.6f} 
 
 # %% [markdown]
 # Ignoring [PAD] targets is only safe if id 0 is never a real token. open_clip uses id 0 for
-# both its padding and "!", so its loss drops every real "!" (SPEC §1). In coca_min's
-# tokenizer the bytes start at id 3, so no text can encode to 0.
+# both its padding and "!", so its loss drops every real "!" (SPEC §1). coca_min's bytes start
+# at id 3 (`BYTE_OFFSET`, lesson 01).
 #
 # **Check 7**: no `val` caption, and no text with punctuation, digits or emoji, encodes to a 0.
 
 # %%
 texts = [c for captions in TinyShapes("val").captions for c in captions] + ["wow! a red cross!!", "0 1 2 :) 🙂"]
 assert all(PAD not in tokenizer.encode(text) for text in texts)
-print(f"{len(texts)} texts, no id 0 among their tokens; '!' is", tokenizer.encode("!")[1:-1])
+print(f"{len(texts)} texts, no id 0 among their tokens; bytes start at id {BYTE_OFFSET}; '!' is", tokenizer.encode("!")[1:-1])
 
 # %% [markdown]
 # ## 5. The weights, and sum against mean
@@ -428,64 +391,47 @@ print(f"{len(texts)} texts, no id 0 among their tokens; '!' is", tokenizer.encod
 #
 # CLIP's pseudo-code and open_clip take the **mean** of the two directions,
 # $\tfrac12(\text{image→text} + \text{text→image})$, where eq. 1 (and coca_min) takes their
-# **sum**. On the same logits that is exactly half. So "$\lambda_\text{Con} = 1$" in open_clip's
-# convention is $\lambda_\text{Con} = 0.5$ in the paper's: the contrastive term weighs half as
-# much against $\lambda_\text{Cap} = 2$.
+# **sum**: exactly half. So open_clip's "$\lambda_\text{Con} = 1$" is the paper's
+# $\lambda_\text{Con} = 0.5$: the contrastive term, and every gradient it sends into the shared
+# image encoder and unimodal decoder, weighs half as much against $\lambda_\text{Cap} = 2$. To get
+# the paper's balance with the mean, its contrastive weight must be 2.
 #
 # **Check 8**: our $\mathcal{L}_\text{CoCa} = 1\cdot\mathcal{L}_\text{Con} + 2\cdot\mathcal{L}_\text{Cap}$
-# equals `coca_min.losses.coca_loss` (1e-6); and CLIP's mean is exactly half of eq. 1 on the
-# same logits (to 1e-7 relative: halving is exact in floating point, up to the rounding of the
-# two separate cross-entropies).
+# and its two terms equal `coca_min.losses.coca_loss`'s (1e-6); and CLIP's mean is half of
+# coca_min's eq. 1 on the same logits (1e-7 relative), on the trained batch and on random pairs.
 
 # %%
 lam_con, lam_cap = 1.0, 2.0
 total = lam_con * l_con + lam_cap * l_cap  # eq. 3
-library_losses = coca_loss(outputs, tokens, PAD)
-assert torch.allclose(total, library_losses["loss"], atol=1e-6)
-assert torch.allclose(l_con, library_losses["contrastive"], atol=1e-6) and torch.allclose(l_cap, library_losses["caption"], atol=1e-6)
-
-
-def clip_mean(x, y, s):  # CLIP's pseudo-code and open_clip: (image->text + text->image) / 2
-    logits = s * x @ y.T
-    labels = torch.arange(len(logits))
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
+library_losses = coca_loss(outputs, tokens, PAD)  # its default weights: 1 and 2
+for ours_value, key in [(total, "loss"), (l_con, "contrastive"), (l_cap, "caption")]:
+    assert torch.allclose(ours_value, library_losses[key], atol=1e-6)
+labels = torch.arange(8)  # pair i on the diagonal
+clip_mean = lambda z: (F.cross_entropy(z, labels) + F.cross_entropy(z.T, labels)) / 2  # CLIP, open_clip
 for ex, ey, sv in [(x, y, s), (rx, ry, scale)]:
-    assert torch.allclose(clip_mean(ex, ey, sv), contrastive_loss(ex, ey, sv) / 2, rtol=1e-7, atol=0)
-print(f"random pairs: eq. 1 {contrastive_loss(rx, ry, scale).item():.6f}, CLIP's mean {clip_mean(rx, ry, scale).item():.6f}")
-print({k: round(v.item(), 6) for k, v in library_losses.items()})
+    assert torch.allclose(clip_mean(sv * ex @ ey.T), contrastive_loss(ex, ey, sv) / 2, rtol=1e-7, atol=0)
+print("coca_loss:", {k: round(v.item(), 6) for k, v in library_losses.items()})
+print(f"random pairs: eq. 1 {contrastive_loss(rx, ry, scale).item():.6f}, CLIP's mean {clip_mean(scale * rx @ ry.T).item():.6f}")
 
 # %% [markdown]
-# What the halving does to the balance is clearest at the start of training, when both losses
-# are large. On the untrained model and the same batch, the contrastive term's share of the
-# total loss under each convention, with $\lambda_\text{Cap} = 2$:
+# The halving shows best at the start of training, when both losses are large: the contrastive
+# term's share of the total under each convention, for the untrained model on the same batch.
 
 # %%
 with torch.no_grad():
-    start = untrained(images, tokens)
-start_con = contrastive_loss(start["image_embedding"], start["text_embedding"], start["logit_scale"])
-start_cap = caption_loss(start["logits"], tokens[:, 1:], PAD)
-print(f"untrained: L_con (eq. 1) {start_con.item():.4f}, CLIP's mean {start_con.item() / 2:.4f}, "
-      f"L_cap {start_cap.item():.4f} (log V = {math.log(PRESETS['tiny'].vocab_size):.4f})")
-for convention, con in [("paper eq. 1 (sum)", start_con), ("CLIP / open_clip (mean)", start_con / 2)]:
-    loss = 1.0 * con + 2.0 * start_cap
-    print(f"{convention:24s} L = 1 * {con.item():.4f} + 2 * {start_cap.item():.4f} = {loss.item():.4f}; "
+    start = coca_loss(untrained(images, tokens), tokens, PAD)  # L_con by eq. 1, and L_cap
+for convention, con in [("paper eq. 1 (sum)", start["contrastive"]), ("CLIP / open_clip (mean)", start["contrastive"] / 2)]:
+    loss = 1.0 * con + 2.0 * start["caption"]
+    print(f"{convention:24s} L = 1 * {con.item():.4f} + 2 * {start['caption'].item():.4f} = {loss.item():.4f}; "
           f"contrastive share {(con / loss).item():.1%}")
-
-# %% [markdown]
-# The weights multiply the gradients too: with the mean, every gradient the contrastive loss
-# sends into the shared encoders is halved against the captioner's. To train open_clip's way
-# with the paper's balance, its contrastive weight must be 2.
 
 # %% [markdown]
 # ## 6. Everything against coca_min
 #
-# **Check 9**: one last pass on fresh inputs: the untrained model's outputs on 4 `test` pairs
-# padded to 32 tokens, with non-default weights ($\lambda_\text{Con} = 3$,
-# $\lambda_\text{Cap} = 0.5$). Our `contrastive_by_hand`, `caption_by_hand` and their weighted
-# sum equal coca_min's `contrastive_loss`, `caption_loss` and `coca_loss` (1e-6), and the
-# gradients of the total on every parameter of the model agree (1e-5).
+# **Check 9**: the untrained model on 4 `test` pairs padded to 32 tokens, with weights
+# $\lambda_\text{Con} = 3$, $\lambda_\text{Cap} = 0.5$: our two losses and their weighted sum equal
+# the three outputs of `coca_loss` (which calls `contrastive_loss` and `caption_loss`) to
+# 1e-6, and the total's gradients on every parameter of the model agree (1e-5).
 
 # %%
 fresh_tokens = F.pad(test_tokens[:4], (0, 32 - test_tokens.shape[1]), value=PAD)  # (4, 32)
@@ -494,49 +440,35 @@ ours_con = contrastive_by_hand(fresh["image_embedding"], fresh["text_embedding"]
 ours_cap = caption_by_hand(fresh["logits"], fresh_tokens[:, 1:], PAD)
 ours_total = 3.0 * ours_con + 0.5 * ours_cap
 theirs = coca_loss(fresh, fresh_tokens, PAD, caption_weight=0.5, contrastive_weight=3.0)
-assert torch.allclose(ours_con, contrastive_loss(fresh["image_embedding"], fresh["text_embedding"], fresh["logit_scale"]), atol=1e-6)
-assert torch.allclose(ours_cap, caption_loss(fresh["logits"], fresh_tokens[:, 1:], PAD), atol=1e-6)
 for key, value in [("contrastive", ours_con), ("caption", ours_cap), ("loss", ours_total)]:
     assert torch.allclose(value, theirs[key], atol=1e-6)
 params = list(untrained.parameters())  # every tensor: [CLS], both poolers and the scale t among them
 ours_grads = torch.autograd.grad(ours_total, params, retain_graph=True)
 their_grads = torch.autograd.grad(theirs["loss"], params)
 assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours_grads, their_grads))
-print(f"losses equal; gradients equal on all {len(params)} parameter tensors:",
+print(f"tokens {tuple(fresh_tokens.shape)}: losses equal; gradients equal on all {len(params)} parameter tensors:",
       {k: round(v.item(), 4) for k, v in theirs.items()})  # fmt: skip
 
 # %% [markdown]
 # ## Summary
-# - The contrastive loss (eq. 1) is a cross-entropy along each row (image→text) and along each
-#   column (text→image) of $Z = s\,XY^\top$, with the right pairs on the diagonal; coca_min
-#   *sums* the two directions, as the paper does.
-# - Its gradient is "softmax minus one-hot" in both directions:
-#   $\partial\mathcal{L}/\partial Z = \frac1N[(P - I) + (Q - I)]$, then
+# - Eq. 1 is a cross-entropy along each row (image→text) and each column (text→image) of
+#   $Z = s\,XY^\top$, the right pairs on the diagonal; coca_min *sums* the two, as the paper does.
+# - Its gradient is "softmax minus one-hot": $G = \frac1N[(P - I) + (Q - I)]$, then
 #   $\partial\mathcal{L}/\partial X = s\,GY$, $\partial\mathcal{L}/\partial Y = s\,G^\top X$,
-#   $\partial\mathcal{L}/\partial s = \sum G \odot C$; checked by hand against autograd to
-#   1e-10 and by `gradcheck`.
-# - $s = e^t$ starts at $1/0.07$; on a batch the model gets right, $\partial\mathcal{L}/\partial s < 0$
-#   at every $s$, so it is clamped at 100, on the parameter after each step (a clamp in the
-#   forward pass would leave it no gradient). The trained tiny model learned $s \approx 37.5$.
-# - The captioning loss is the next-token cross-entropy with teacher forcing (targets
-#   `tokens[:, 1:]` from inputs `tokens[:, :-1]`), [PAD] targets ignored, so extra padding
-#   changes nothing.
-# - $\mathcal{L} = 1\cdot\mathcal{L}_\text{Con} + 2\cdot\mathcal{L}_\text{Cap}$; CLIP's and
-#   open_clip's mean of the two directions is half of eq. 1, which halves the contrastive
-#   weight. All of it equals `coca_min.losses`.
+#   $\partial\mathcal{L}/\partial s = \sum G \odot C$.
+# - $s = e^t$ starts at $1/0.07$; where the model is right, $\partial\mathcal{L}/\partial s < 0$ at
+#   every $s$, so $s$ is clamped at 100, on the parameter after each step (a clamp in the
+#   forward pass would leave it no gradient).
+# - The captioning loss is the next-token cross-entropy under teacher forcing, [PAD] targets
+#   ignored. $\mathcal{L} = 1\cdot\mathcal{L}_\text{Con} + 2\cdot\mathcal{L}_\text{Cap}$; CLIP's and
+#   open_clip's mean of the two directions halves the contrastive weight.
 #
 # ## Exercises
 # 1. The embeddings are $x = u/\lVert u\rVert$ of the projection's output $u$. Show that
 #    $\partial\mathcal{L}/\partial u = \frac{1}{\lVert u\rVert}(I - x x^\top)\,\partial\mathcal{L}/\partial x$
-#    (only the part of the gradient tangent to the sphere survives), and check it against
-#    autograd in float64 with `F.normalize` in the graph, as in section 2.
-# 2. The parameter is $t = \log s$, so $\partial\mathcal{L}/\partial t = s\,\partial\mathcal{L}/\partial s$.
-#    Using `sweep`, find the $s$ of the lowest loss on 256 trained `test` pairs instead of 128:
-#    does it move up or down, and why would a larger batch (more negatives per row) do that?
-# 3. Write the paper's eq. 2 literally: sum over each caption's real tokens, then average over
-#    the batch. Compute it on the section 1 batch, compare it with coca_min's per-token mean,
-#    and work out what $\lambda_\text{Cap}$ would give the same balance as coca_min's
-#    $\lambda_\text{Cap} = 2$ on this batch.
-# 4. Give two of the 8 `val` images the same caption (a false negative: the "wrong" text of one
-#    is right for the other). What does the hand-made $G$ say about the force between them, and
-#    what happens to the loss as $s$ grows?
+#    (only the part tangent to the sphere survives), and check it against autograd in float64.
+# 2. With `sweep`, find the $s$ of the lowest loss on 256 trained `test` pairs instead of 128:
+#    does it move up or down, and why would more negatives per row do that?
+# 3. Write eq. 2 literally (sum over each caption's real tokens, mean over the batch) and find
+#    the $\lambda_\text{Cap}$ that gives, on the section 1 batch, the balance of coca_min's
+#    per-token mean with $\lambda_\text{Cap} = 2$.
