@@ -2,27 +2,25 @@
 # # Lesson 09 — Evaluation
 #
 # **What you will learn**
-# - zero-shot classification: class names put into prompt templates, the templates' text
-#   embeddings averaged into one class embedding (a *prompt ensemble*);
-# - retrieval Recall@K, with several captions per image and with ties counted against the model;
-# - the caption metrics BLEU-1..4 and CIDEr-D, written out as the COCO caption evaluation code
-#   computes them;
+# - zero-shot classification with a *prompt ensemble* (class names in several templates);
+# - retrieval Recall@K, with several captions per image and ties counted against the model;
+# - the caption metrics BLEU-1..4 and CIDEr-D, as the COCO caption evaluation code computes them;
 # - the captioner as a classifier: classes ranked by $\log p(\text{prompt} \mid \text{image})$;
-# - the hard-negative test, and why a contrastive embedding can read a caption as a bag of words
-#   while the captioner does not.
+# - the hard-negative test: why a contrastive embedding can read a caption as a bag of words,
+#   and the captioner does not.
 #
 # **Paper**: §4.2–4.3 (zero-shot classification, retrieval, captioning; SPEC §5). The
 # hard-negative test is not in the paper: it follows Yuksekgonul et al. 2023, "When and why
 # vision-language models behave like bags-of-words" (the ARO benchmark).
 #
-# **Assumes**: lesson 00 (the data and the held-out pairs), lesson 05 (the text embedding,
-# teacher forcing), lesson 06 (the two losses), lesson 08 (greedy captioning).
+# **Assumes**: lesson 00 (the data, the held-out pairs), lesson 05 (the text embedding, teacher
+# forcing), lesson 06 (the two losses), lesson 08 (greedy captioning).
 
 # %% [markdown]
 # ## Set-up
 # Imports, a fixed seed and thread count, the versions, and the trained tiny model shipped with
-# the lessons (`lessons/assets/tiny_coca.pt`, see `lessons/README.md`), loaded with its
-# tokenizer by `coca_min.checkpoint.load_checkpoint`. Every number below is this checkpoint's.
+# the lessons (`lessons/assets/tiny_coca.pt`, see `lessons/README.md`) with its tokenizer. Every
+# number below is this checkpoint's.
 
 # %%
 import math
@@ -54,20 +52,20 @@ print(f"tiny CoCa after {saved['step']} steps; vocabulary {tokenizer.vocab_size}
 # %% [markdown]
 # ## 1. Zero-shot classification with a prompt ensemble
 #
-# A contrastive model classifies without any training on the classes: write each class as a
-# text, embed the texts, and pick the class whose text embedding is closest to the image's.
-# A class name alone ("a red circle") is not the kind of text the model was trained on, so it
-# is put into several *templates* ("there is {}", "{} is at the top left", …). Each template's
-# text embedding is normalised; the class embedding is their mean, normalised again (SPEC §5):
+# A contrastive model classifies without training on the classes: embed each class as a text
+# and pick the class closest to the image. A bare name ("a red circle") is not a caption the
+# model was trained on, so it is put into several *templates* ("there is {}", "{} is at the top
+# left", …), and the class embedding is their normalised mean (SPEC §5):
 #
 # $$w_c = \frac{\bar w_c}{\lVert \bar w_c \rVert}, \quad
 # \bar w_c = \frac{1}{P} \sum_{p=1}^{P} \frac{f(t_p(c))}{\lVert f(t_p(c)) \rVert}, \qquad
 # \hat y_i = \arg\max_c \; x_i^\top w_c,$$
 #
 # with $f$ the text tower, $t_p$ the $p$-th template and $x_i$ the unit image embedding.
-# tiny_data's 40 classes are its colour–shape pairs, and its `classes` split shows one object
-# per image, the 40 pairs in turn. We take its first 400 images: 10 of each class, 80 of them
-# of the 8 held-out pairs that no training image ever showed.
+# tiny_data's 40 classes are its colour–shape pairs; its `classes` split shows one object per
+# image, the 40 pairs in turn. We take the first 400 images: 10 per class, 80 of them of the 8
+# held-out pairs that no training image ever showed. From scratch: the 400 prompts through the
+# text tower (`encode_text`, lesson 05), then the equation's two normalisations.
 
 # %%
 classes = TinyShapes("classes", tokenizer, limit=400)
@@ -76,12 +74,6 @@ labels = torch.tensor([shapes.PAIRS.index((shapes.COLOURS[o[1]], shapes.SHAPES[o
 held = torch.tensor([shapes.PAIRS[c] in shapes.HELD_OUT for c in labels.tolist()])  # (400,) bool
 print(len(class_names), "classes, e.g.", class_names[:3], "|", len(templates), "templates, e.g.", templates[:3])
 print(f"{len(labels)} images: {held.sum().item()} of held-out pairs, {(~held).sum().item()} of seen ones")
-
-# %% [markdown]
-# The class embeddings, from scratch: all 400 prompts embedded at once by the text tower
-# (`encode_text`, lesson 05), then the two normalisations of the equation above.
-
-# %%
 prompts = [t.format(name) for name in class_names for t in templates]  # class-major: 40 × 10
 per_prompt, _ = model.encode_text(tokenizer.encode_batch(prompts, CONTEXT))  # (400, E)
 per_prompt = F.normalize(per_prompt, dim=-1).view(len(class_names), len(templates), -1)  # (C, P, E)
@@ -89,28 +81,28 @@ class_embedding = F.normalize(per_prompt.mean(dim=1), dim=-1)  # (C, E): w_c
 image_embedding, _ = model.encode_image(classes.images(range(len(classes))))  # (400, E): x_i, unit norm
 scores = image_embedding @ class_embedding.T  # (400, C): cosines x_i . w_c
 predicted = scores.argmax(dim=1)
+right = predicted == labels
 print("prompts", tuple(per_prompt.shape), "-> class embeddings", tuple(class_embedding.shape),
       "| scores", tuple(scores.shape))  # fmt: skip
-print(f"top-1 {(predicted == labels).float().mean():.3f}: seen pairs {(predicted == labels)[~held].float().mean():.3f}, "
-      f"held-out pairs {(predicted == labels)[held].float().mean():.3f}")  # fmt: skip
+print(f"top-1 {right.float().mean():.3f}: seen pairs {right[~held].float().mean():.3f}, "
+      f"held-out pairs {right[held].float().mean():.3f}")  # fmt: skip
 
 # %% [markdown]
 # **Check 1**: the class embeddings equal coca_min's `class_embeddings`, and the scores those of
-# `evaluate_tiny_zero_shot` (which calls `zero_shot_scores`) on the same images (1e-5); its
-# top-1 accuracies, overall, on seen and on held-out pairs, equal ours (1e-6).
+# `evaluate_tiny_zero_shot` on the same images (1e-5); its top-1 accuracies, overall, on seen
+# and on held-out pairs, equal ours (1e-6).
 
 # %%
 library_metrics, library_scores, library_labels = evaluate.evaluate_tiny_zero_shot(model, tokenizer, classes)
 assert torch.allclose(class_embedding, evaluate.class_embeddings(model, tokenizer, class_names, templates), atol=1e-5)
 assert torch.equal(library_labels, labels) and torch.allclose(scores, library_scores, atol=1e-5)
-for name, mine in [("top1", predicted == labels), ("top1_seen", (predicted == labels)[~held]),
-                   ("top1_held_out", (predicted == labels)[held])]:  # fmt: skip
+for name, mine in [("top1", right), ("top1_seen", right[~held]), ("top1_held_out", right[held])]:
     assert abs(library_metrics[name] - mine.float().mean().item()) < 1e-6, name
 print({k: round(v, 3) for k, v in library_metrics.items()})
 
 # %% [markdown]
-# Is the ensemble worth it? Each template alone is a classifier too (its normalised prompt
-# embeddings as the class embeddings). Their accuracies on the same 400 images:
+# Is the ensemble worth it? Each template alone is a classifier too (its prompt embeddings as
+# the class embeddings). Their accuracies on the same 400 images:
 
 # %%
 def accuracy_row(name, right, is_held, width=28):  # top-1 overall, on seen and on held-out pairs
@@ -121,20 +113,17 @@ def accuracy_row(name, right, is_held, width=28):  # top-1 overall, on seen and 
 print(f"{'template':<28} {'top-1':>6} {'seen':>6} {'held-out':>9}")
 for p, template in enumerate(templates):
     print(accuracy_row(template, (image_embedding @ per_prompt[:, p].T).argmax(1) == labels, held))
-right = predicted == labels
 print(accuracy_row("ensemble of all 10", right, held))
 
 # %% [markdown]
-# Every single template has a lower top-1 than the ensemble (0.925 to 0.970 against 0.978;
-# on the held-out pairs alone one template, "at the bottom left", does better, 0.975). The mean
-# of ten embeddings of a class depends less on what any one template adds (here, a place that
-# the image may not show).
-
-# %% [markdown]
+# Every single template has a lower top-1 than the ensemble (0.925 to 0.970, against 0.978),
+# though on the held-out pairs one, "at the bottom left", does better (0.975). A mean of ten
+# embeddings depends less on what one template adds (here, a place the image may not show).
+#
 # ### The confusion matrix
 #
 # Which classes does it confuse? Rows are the true classes, columns the predicted ones, each row
-# divided by its 10 images; the held-out pairs' labels are in red.
+# divided by its 10 images; the held-out pairs' names are in red.
 #
 # **Check 2**: our counts equal the matrix that coca_min's `plot_confusion` returns (exactly).
 
@@ -148,8 +137,8 @@ with tempfile.TemporaryDirectory() as folder:
 fig, ax = plt.subplots(figsize=(9.5, 8.5))
 shown = ax.imshow(confusion / confusion.sum(1, keepdim=True), cmap="Blues", vmin=0, vmax=1)
 names = [f"{c} {s}" for c, s in shapes.PAIRS]
-ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-ax.set_yticks(range(len(names)), names, fontsize=7)
+ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+ax.set_yticks(range(len(names)), names, fontsize=8)
 for tick in ax.get_xticklabels() + ax.get_yticklabels():
     tick.set_color("red" if tuple(tick.get_text().split()) in shapes.HELD_OUT else "black")
 ax.set(title=f"zero-shot confusion, prompt ensemble (400 'classes' images, top-1 {right.float().mean():.3f})",
@@ -160,29 +149,27 @@ wrong = [(names[t], names[g], int(confusion[t, g])) for t, g in (confusion * (1 
 print("every confusion (true -> predicted, images):", wrong)
 
 # %% [markdown]
-# Every mistake keeps the colour and misses the shape (colour accuracy 1.0, shape accuracy
-# 0.978 in Check 1's output), mostly between the diamond and the cross. Three of the six
-# classes with a mistake are held-out pairs, yet the held-out rows are almost as clean as the
-# rest (top-1 0.962 against 0.981):
-# the contrastive embeddings compose a colour and a shape they never saw together.
+# Every mistake keeps the colour and misses the shape (colour accuracy 1.0, shape accuracy 0.978
+# in Check 1's output), mostly between the diamond and the cross. Three of the six classes with
+# a mistake are held-out pairs, yet the held-out rows are almost as clean as the rest (top-1
+# 0.962 against 0.981): the contrastive embeddings compose a colour and a shape that they never
+# saw together.
 
 # %% [markdown]
 # ## 2. Retrieval: Recall@K
 #
-# Retrieval ranks one side by its cosine to the other: for an image, all captions
-# (image→text); for a caption, all images (text→image). **Recall@K** is the fraction of queries
-# whose right answer is among the top $K$ (SPEC §5). Two details decide the number:
+# Retrieval ranks all captions by their cosine to an image (image→text), or all images by
+# their cosine to a caption (text→image). **Recall@K** is the fraction of queries whose right
+# answer is among the top $K$ (SPEC §5). Two details decide the number:
 #
-# - **several right answers**: tiny_data has three captions per image, and an image counts as
-#   found if *any* of its captions is in the top $K$. Two images can also share a caption word
-#   for word ("a small red square at the top"): such a text is right for each of them, since no
-#   model could tell which one it was written for.
+# - **several right answers**: an image has three captions and is found if *any* of them is in
+#   the top $K$. Two images can also share a caption word for word ("a small red square at the
+#   top"): it is right for both, since no model could tell which one it was written for.
 # - **ties count against the model**: a right answer is in the top $K$ only if fewer than $K$
-#   wrong ones score *at least as high*. Otherwise a model that gives every image the same
-#   embedding, so every score ties, would score a perfect 1.
+#   wrong ones score *at least as high*; else a model whose scores all tie would score 1.
 #
-# From scratch, sorting each query's candidates by score, best first, with a wrong candidate
-# placed before a right one of the same score (`np.lexsort` sorts by the last key first):
+# From scratch: sort each query's candidates by score, a wrong one before a right one on a tie
+# (`np.lexsort` sorts by its last key first), and find the first right one.
 
 # %%
 def recall_at_k(similarity, belongs, ks):
@@ -199,15 +186,14 @@ def recalls(image_embeddings, text_embeddings, belongs, ks=(1, 5, 10)):
     return {**{f"image_to_text_R@{k}": i2t[k] for k in ks}, **{f"text_to_image_R@{k}": t2i[k] for k in ks}}
 
 # %% [markdown]
-# A hand-made example first. With the images' embeddings the rows of the identity, the text
-# embeddings' coordinates *are* the similarities, so we can write the matrix we want: 4 images,
-# 4 texts; image 0 has two captions (texts 0 and 1), and images 2 and 3 share text 3. Image 1
-# ties its own text 2 with a wrong one (text 1, 0.5 each), so it is found at $K = 2$, not at
-# $K = 1$. Text 1 ranks image 1 first, wrongly.
+# A hand-made example first. With the identity's rows as the image embeddings, the text
+# embeddings' coordinates *are* the similarities: image 0 has two captions (texts 0 and 1),
+# images 2 and 3 share text 3, image 1 ties its text 2 with a wrong one (text 1) and is found at
+# $K = 2$, not at $K = 1$; text 1 ranks two wrong images above its own.
 #
 # **Check 3**: on this example and on a model whose embeddings are all the same, our recalls
-# equal coca_min's `retrieval_recalls` (1e-9); the hand example gives image→text R@1 = 3/4 and
-# text→image R@1 = 3/4, and the constant model 0 at $K = 1$ and $K = 2$.
+# equal coca_min's `retrieval_recalls` (1e-9); the example gives image→text R@1 = 3/4, R@2 = 1
+# and text→image R@1 = 3/4, and the constant model 0 at $K = 1$ and $K = 2$.
 
 # %%
 S = torch.tensor([[0.9, 0.2, 0.1, 0.3],   # image 0: texts 0, 1 are its captions
@@ -216,14 +202,14 @@ S = torch.tensor([[0.9, 0.2, 0.1, 0.3],   # image 0: texts 0, 1 are its captions
                   [0.0, 0.3, 0.2, 0.6]])  # image 3: text 3 too (the same caption)  # fmt: skip
 belongs_toy = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1]], dtype=torch.bool)
 toy = recalls(torch.eye(4), S.T, belongs_toy, ks=(1, 2))
-print("hand example:", toy)
 constant = recalls(torch.ones(4, 2), torch.ones(4, 2), belongs_toy, ks=(1, 2))  # every score ties
+print("hand example:", toy)
 print("constant model:", constant)
 library_toy = metrics.retrieval_recalls(torch.eye(4), S.T, belongs_toy, ks=(1, 2))
 library_constant = metrics.retrieval_recalls(torch.ones(4, 2), torch.ones(4, 2), belongs_toy, ks=(1, 2))
 for mine, theirs in [(toy, library_toy), (constant, library_constant)]:
     assert all(abs(mine[k] - theirs[k]) < 1e-9 for k in theirs)
-assert toy["image_to_text_R@1"] == 0.75 and toy["text_to_image_R@1"] == 0.75 and toy["image_to_text_R@2"] == 1.0
+assert toy["image_to_text_R@1"] == 0.75 and toy["image_to_text_R@2"] == 1.0 and toy["text_to_image_R@1"] == 0.75
 assert all(v == 0.0 for v in constant.values())
 
 # %% [markdown]
@@ -247,7 +233,8 @@ print("belongs", tuple(belongs.shape), "| image embeddings", tuple(test_images.s
 
 # %% [markdown]
 # **Check 4**: our `belongs` equals coca_min's `caption_owners` (exactly), and our recalls on the
-# checkpoint's embeddings equal `retrieval_recalls` (1e-6).
+# checkpoint's embeddings equal `retrieval_recalls` (1e-6). Then text→image R@1 for each of the
+# three caption forms (each image's captions are canonical, existential, relational).
 
 # %%
 library_texts, library_belongs = evaluate.caption_owners(test.captions)
@@ -257,32 +244,33 @@ library_retrieval = metrics.retrieval_recalls(test_images, test_texts, belongs)
 assert all(abs(retrieval[k] - library_retrieval[k]) < 1e-6 for k in library_retrieval)
 for direction in ["image_to_text", "text_to_image"]:
     print(f"{direction:<14}", "  ".join(f"R@{k} {retrieval[f'{direction}_R@{k}']:.3f}" for k in (1, 5, 10)))
+similarity = test_images @ test_texts.T  # (300, 900)
+for f, form in enumerate(["canonical", "existential", "relational"]):
+    print(f"text_to_image R@1, {form} captions: {recall_at_k(similarity.T[f::3], belongs.T[f::3], (1,))[1]:.3f}")
 
 # %% [markdown]
-# Text→image is the harder direction here (R@1 0.936 against 0.997): a caption such as
-# "there is a red square" fits every image with a red square in it, and only the images that
-# have exactly that caption count as right. At $K = 5$ both directions find everything.
+# Text→image is the harder direction (R@1 0.936 against 0.997), and only for the existential
+# and relational captions: they leave out sizes and places ("there is a green cross and a white
+# square"), so several images fit them, yet only those with exactly that text count as right.
+# At $K = 5$ both directions find everything.
 
 # %% [markdown]
 # ## 3. Caption metrics: BLEU and CIDEr-D
 #
-# A generated caption is compared with the image's reference captions. coca_min follows the COCO
-# caption evaluation code (pycocoevalcap, SPEC §5). Both metrics count n-grams, $n = 1..4$, of
-# lower-case words without punctuation.
-#
-# **BLEU-n** (corpus level) pools, over all captions, each candidate n-gram's count *clipped* to
-# its largest count in any one reference, divides by the number of candidate n-grams, and takes
-# the geometric mean of the first $n$ precisions, times a **brevity penalty** for a corpus of
-# candidates shorter than its references:
+# A generated caption is compared with the image's reference captions as the COCO caption
+# evaluation code (pycocoevalcap, SPEC §5) does, by the n-grams ($n = 1..4$) of lower-case words
+# without punctuation. **BLEU-n** (corpus level) clips each candidate n-gram's count to its
+# largest count in any one reference, pools over all captions, divides by the number of
+# candidate n-grams, and takes the geometric mean of the first $n$ precisions, times a
+# **brevity penalty** if the candidates are shorter than their references:
 #
 # $$\text{BLEU-}n = \text{BP} \cdot \Big(\prod_{m=1}^{n} p_m\Big)^{1/n}, \quad
 # p_m = \frac{\sum \min(\text{count}, \text{max ref count})}{\sum \text{count}}, \quad
 # \text{BP} = \begin{cases} 1 & c \ge r \\ e^{1 - r/c} & c < r \end{cases},$$
 #
 # with $c$ the candidates' total length and $r$ the sum of each candidate's *closest* reference
-# length (the shorter one on a tie). pycocoevalcap adds $10^{-15}$ to each numerator and
-# $10^{-9}$ to each denominator, so that a zero count gives a tiny score rather than a division by
-# zero; we do the same, to match it to 1e-9.
+# length (the shorter one on a tie). Like pycocoevalcap we add $10^{-15}$ to each numerator and
+# $10^{-9}$ to each denominator (a zero count gives a tiny score, not a division by zero).
 
 # %%
 def words(text):  # "A red circle." -> ["a", "red", "circle"]: lower case, no punctuation
@@ -298,8 +286,7 @@ def my_bleu(candidates, references, verbose=False):
     for cand, refs in zip(candidates, references):
         w, ref_words = words(cand), [words(x) for x in refs]
         for n in range(1, 5):
-            counts = grams(w, n)
-            most = Counter()
+            counts, most = grams(w, n), Counter()
             for x in ref_words:
                 most |= grams(x, n)  # | keeps each n-gram's largest count over the references
             clipped[n - 1] += sum(min(k, most[g]) for g, k in counts.items())
@@ -313,35 +300,20 @@ def my_bleu(candidates, references, verbose=False):
     return [bp * math.prod(precision[:n]) ** (1 / n) for n in range(1, 5)]
 
 # %% [markdown]
-# A worked example of three captions: the first is short (the brevity penalty), the second
-# repeats "blue" (clipped to the one "blue" of its reference), and the third's two references
-# are one word longer and one word shorter than it (the shorter counts).
-#
-# **Check 5**: our BLEU-1..4 equal coca_min's `bleu` on this example (1e-9).
-
-# %%
-candidates = ["red circle", "there is a blue blue square", "a green cross on the left"]
-references = [["a red circle at the top left", "there is a red circle"], ["there is a blue square"],
-              ["a small green cross on the left", "a green cross is left"]]  # fmt: skip
-ours = my_bleu(candidates, references, verbose=True)
-theirs = metrics.bleu(candidates, references)
-print("BLEU-1..4", [round(b, 4) for b in ours])
-assert all(abs(a - b) < 1e-9 for a, b in zip(ours, theirs))
-
-# %% [markdown]
 # **CIDEr-D** weighs each n-gram by how rare it is among the images' references (tf-idf), so
-# that "a" and "the", which every reference has, count for nothing. For one image with candidate
-# $c$ and references $s_1..s_R$, with $g^n(\cdot)$ the tf-idf vector of the n-grams,
+# that a word found in every image's references, such as "a", counts for nothing. For one image
+# with candidate $c$ and references $s_1..s_R$, with $g^n(\cdot)$ the vector of tf-idf weights
+# of the n-grams,
 #
 # $$g_k(s) = \text{tf}_k(s) \cdot \log \frac{N}{\max(1, \text{df}_k)}, \qquad
 # \text{CIDEr-D}_n = \frac{10}{R} \sum_{j} e^{-\frac{(\ell_c - \ell_{s_j})^2}{2\sigma^2}}
 # \frac{\min(g^n(c), g^n(s_j)) \cdot g^n(s_j)}{\lVert g^n(c) \rVert \, \lVert g^n(s_j) \rVert},$$
 #
-# and the score is the mean over $n = 1..4$, then the mean over images. $N$ is the number of
-# images and $\text{df}_k$ the number of images whose references contain n-gram $k$; the
-# candidate's weights are *clipped* to the reference's (a repeated word gains nothing); the
-# Gaussian with $\sigma = 6$ penalises a length difference. pycocoevalcap's length $\ell$ counts
-# a caption's bigrams (its words minus one), and we do the same.
+# and the score is the mean over $n = 1..4$, then over images. $\text{tf}_k$ counts n-gram $k$
+# in the caption, $N$ is the number of images and $\text{df}_k$ the number of images whose
+# references contain $k$. The candidate's weights are *clipped* to the reference's, and the
+# Gaussian ($\sigma = 6$) penalises a difference in length $\ell$, which pycocoevalcap counts
+# in bigrams (words minus one).
 
 # %%
 def document_frequency(references):  # n-gram -> number of images whose references contain it
@@ -354,7 +326,7 @@ def document_frequency(references):  # n-gram -> number of images whose referenc
 def my_cider_d(candidates, references, sigma=6.0):
     N, df = len(references), document_frequency(references)
 
-    def vectors(text):  # -> 4 dicts {n-gram: tf-idf weight}, the "length"
+    def vectors(text):  # -> 4 dicts {n-gram: tf-idf weight}, the length in bigrams
         w = words(text)
         vecs = [{g: tf * (math.log(N) - math.log(max(1.0, df[g]))) for g, tf in grams(w, n).items()} for n in range(1, 5)]
         return vecs, max(len(w) - 1, 0)
@@ -373,9 +345,21 @@ def my_cider_d(candidates, references, sigma=6.0):
     return sum(per_image) / N, per_image
 
 # %% [markdown]
-# **Check 6**: our CIDEr-D equals coca_min's `cider_d` on the worked example (1e-9).
+# A worked example of three captions: the first is short (the brevity penalty), the second
+# repeats "blue" (clipped to its reference's one "blue"), and the third's two references are one
+# word longer and one word shorter than it (the shorter counts).
+#
+# **Check 5**: our BLEU-1..4 equal coca_min's `bleu` on this example (1e-9).
+#
+# **Check 6**: our CIDEr-D equals coca_min's `cider_d` on it (1e-9).
 
 # %%
+candidates = ["red circle", "there is a blue blue square", "a green cross on the left"]
+references = [["a red circle at the top left", "there is a red circle"], ["there is a blue square"],
+              ["a small green cross on the left", "a green cross is left"]]  # fmt: skip
+ours = my_bleu(candidates, references, verbose=True)
+print("BLEU-1..4", [round(b, 4) for b in ours])
+assert all(abs(a - b) < 1e-9 for a, b in zip(ours, metrics.bleu(candidates, references)))
 toy_cider, per_image = my_cider_d(candidates, references)
 df = document_frequency(references)
 for gram in [("a",), ("blue",), ("green", "cross")]:
@@ -384,9 +368,9 @@ print(f"CIDEr-D {toy_cider:.4f}, per image {[round(s, 4) for s in per_image]}")
 assert abs(toy_cider - metrics.cider_d(candidates, references)) < 1e-9
 
 # %% [markdown]
-# Now the checkpoint's greedy captions (lesson 08) of 64 `test` images, each against its three
-# references: one canonical, one existential, one relational. The captioner was trained to
-# prefer the canonical form (`TinyShapes` draws it two times in three).
+# Now the checkpoint's greedy captions (lesson 08) of 64 `test` images, against their three
+# references each. The captioner prefers the canonical form, which training draws two times in
+# three (`TinyShapes`).
 #
 # **Check 7**: on them, our BLEU-1..4 and CIDEr-D equal coca_min's `bleu` and `cider_d` (1e-9).
 
@@ -405,31 +389,30 @@ print(f"{exact} of 64 greedy captions are exactly the canonical reference; "
       f"the canonical references themselves as candidates: CIDEr-D {ceiling:.3f}")
 
 # %% [markdown]
-# The two metrics read the same captions differently. BLEU clips each n-gram to its largest
-# count in *any one* reference, so a caption equal to one of them scores near 1 (here BLEU-4
-# 0.968). CIDEr-D averages the similarity to *every* reference, so on this data even a perfect
-# canonical caption scores far below the scale's 10: the canonical references themselves score
-# the ceiling printed above, and the greedy captions come close to it.
+# The two metrics read these captions differently. BLEU clips to the largest count in *any
+# one* reference, so a caption equal to one of them scores near 1 (BLEU-4 0.968). CIDEr-D
+# averages over *every* reference, two of which are in other forms: even the canonical
+# references score only 4.692 of the scale's 10, and the greedy captions (4.547) come close.
 
 # %% [markdown]
 # ## 4. The captioner as a classifier
 #
-# The captioner gives a second way to classify: score each class prompt by how likely the
-# captioner finds it for this image, with teacher forcing (the prompt is fed in, not generated):
+# The captioner gives a second classifier: score each class prompt by its likelihood given the
+# image, with teacher forcing (the prompt is fed in, not generated):
 #
 # $$\log p(t \mid x) = \sum_{j=1}^{|t|} \log p(t_j \mid t_{<j}, x), \qquad \hat y = \arg\max_c \log p(t(c) \mid x).$$
 #
-# The text half of the decoder never sees the image (lesson 05), so the unimodal features of
-# each prompt are computed once; only the multimodal layers run per (image, prompt) pair.
-# Position $j$ of the logits predicts token $j + 1$, and padding targets are left out of the sum.
+# The text half of the decoder never sees the image (lesson 05), so each prompt's unimodal
+# features are computed once; only the multimodal layers run per (image, prompt) pair. Position
+# $j$ of the logits predicts token $j + 1$, and padding targets are left out of the sum.
 
 # %%
-def log_p_texts(caption_tokens, tokens, features):
-    """caption_tokens (B, n_q, D), tokens (B, T), unimodal features (B, T, D) -> log p(text | image) (B,)."""
+def token_log_p(caption_tokens, tokens, features):
+    """caption_tokens (B, n_q, D), tokens (B, T), unimodal features (B, T, D) -> (B, T-1):
+    log p(t_j | t_<j, x) of each target token, 0 at the padding."""
     logits = model.text_decoder.multimodal(features[:, :-1], tokens[:, :-1], caption_tokens)  # (B, T-1, V)
     targets = tokens[:, 1:]  # (B, T-1): what each position must predict
-    log_p = logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]  # (B, T-1): log p(t_j | t_<j, x)
-    return (log_p * (targets != PAD)).sum(-1)  # (B,): summed over the real tokens
+    return logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0] * (targets != PAD)
 
 
 def likelihood(images, prompts):
@@ -439,11 +422,11 @@ def likelihood(images, prompts):
     _, features = model.encode_text(tokens)  # (C, T, D): text alone, once for every image
     _, caption_tokens = model.encode_image(images)  # (B, n_q, D)
     B, C = len(images), len(prompts)
-    pairs = log_p_texts(caption_tokens.repeat_interleave(C, 0), tokens.repeat(B, 1), features.repeat(B, 1, 1))
-    return pairs.view(B, C)  # (B, C): image-major
+    log_p = token_log_p(caption_tokens.repeat_interleave(C, 0), tokens.repeat(B, 1), features.repeat(B, 1, 1))
+    return log_p.sum(-1).view(B, C)  # (B, C): summed over the tokens; image-major
 
 
-one_template = ["there is {}"]  # the existential caption's form; why one only: see below
+one_template = ["there is {}"]  # the existential caption's form; why only one: see below
 class_prompts = [one_template[0].format(name) for name in class_names]
 print(class_prompts[:2], "->", tokenizer.encode_batch(class_prompts[:1], CONTEXT)[0, :8].tolist())
 
@@ -462,10 +445,10 @@ assert torch.allclose(fast, slow, atol=1e-4)
 print("log p(prompt | image 0), first 3 classes:", fast[0, :3].numpy().round(2), "| true class", class_names[labels[0]])
 
 # %% [markdown]
-# Each (image, prompt) pair costs one pass through the multimodal layers: 40 classes × 10
-# templates would be 400 passes per image, against 1 image embedding for the contrastive
-# classifier. To keep this lesson quick we score with the one template "there is {}", on the
-# first 80 `classes` images (2 per class, 16 of held-out pairs).
+# Each (image, prompt) pair costs a pass through the multimodal layers: 40 classes × 10
+# templates would be 400 per image, against one image embedding for the contrastive classifier.
+# To keep the lesson quick we use the one template "there is {}" and the first 80 `classes`
+# images (2 per class).
 #
 # **Check 9**: on the first 40 of them, our scores equal coca_min's `likelihood_scores` with the
 # same template (1e-4).
@@ -473,23 +456,22 @@ print("log p(prompt | image 0), first 3 classes:", fast[0, :3].numpy().round(2),
 # %%
 small = TinyShapes("classes", tokenizer, limit=80)
 cap_scores = likelihood(small.images(range(80)), class_prompts)  # (80, 40)
-first_40 = TinyShapes("classes", tokenizer, limit=40)
-library_cap, _ = evaluate.likelihood_scores(model, tokenizer, first_40, class_names, one_template)
+library_cap, _ = evaluate.likelihood_scores(model, tokenizer, TinyShapes("classes", tokenizer, limit=40),
+                                            class_names, one_template)  # fmt: skip
 assert torch.allclose(cap_scores[:40], library_cap, atol=1e-4)
 print("captioner scores", tuple(cap_scores.shape), "| max difference from coca_min",
       f"{(cap_scores[:40] - library_cap).abs().max():.1e}")  # fmt: skip
 
 # %% [markdown]
 # The two classifiers on the same 80 images: the contrastive one with the same single template
-# and with the ensemble of section 1 (these images are its first 80), the captioner with the
-# single template.
+# and with the ensemble of section 1 (these are its first 80 images), and the captioner.
 
 # %%
 y, h = labels[:80], held[:80]
-single = image_embedding[:80] @ F.normalize(per_prompt[:, 0], dim=-1).T  # template 0 = "there is {}"
-print(f"{'classifier (80 classes images)':<40} {'top-1':>6} {'seen':>6} {'held-out':>9}")
-for name, s in [("contrastive, 'there is {}'", single), ("contrastive, ensemble of 10", scores[:80]),
-                ("captioner log p, 'there is {}'", cap_scores)]:  # fmt: skip
+print(f"{(~h).sum().item()} images of seen pairs, {h.sum().item()} of held-out pairs")
+print(f"{'classifier':<40} {'top-1':>6} {'seen':>6} {'held-out':>9}")
+for name, s in [("contrastive, 'there is {}'", image_embedding[:80] @ per_prompt[:, 0].T),
+                ("contrastive, ensemble of 10", scores[:80]), ("captioner log p, 'there is {}'", cap_scores)]:  # fmt: skip
     print(accuracy_row(name, s.argmax(1) == y, h, width=40))
 missed = [(class_names[t], class_names[g]) for t, g, is_held in zip(y.tolist(), cap_scores.argmax(1).tolist(), h.tolist())
           if is_held and t != g]  # fmt: skip
@@ -497,27 +479,26 @@ print("captioner's held-out mistakes (true -> predicted):", missed)
 
 # %% [markdown]
 # On seen pairs the captioner is as good a classifier as the contrastive one (0.984 against
-# 0.969 on these 64 images). On the 16 images of held-out pairs it is right half of the time,
-# where the ensemble is right on all of them: its mistakes keep the colour and name a shape
-# that this colour was trained with. A captioner learns which words follow which; it has never
-# been trained to say "there is a red circle", and it finds a seen pair of the same colour more
-# likely. The contrastive embedding composes the colour and the shape instead (section 1).
+# 0.969). On held-out pairs it is right half of the time, the ensemble every time: each mistake
+# keeps the colour and names a shape that this colour was seen with. The captioner learned
+# which words follow which, given the image; never trained to say "there is a red circle", it
+# finds a seen pair of the same colour more likely. The contrastive embedding composes the
+# colour and the shape instead (section 1).
 
 # %% [markdown]
 # ## 5. Hard negatives: the bag-of-words test
 #
-# Retrieval alone overstates what a model understands (`TINY_RUN.md`): the captions in a batch,
-# or in a test set, can usually be told apart by *which words* they contain. A harder test sets
-# each image's true caption against the same caption with exactly one thing wrong
-# (`coca_min/hard_negatives.py`):
+# Retrieval alone overstates what a model understands (`coca_min/hard_negatives.py`): a batch
+# of captions can usually be told apart by *which words* they contain. A harder test sets each
+# image's true caption against the same caption with exactly one thing wrong:
 #
 # - `wrong_shape`, `wrong_colour`, `wrong_size`: one object's attribute changed;
 # - `wrong_place`: one object moved to a free cell;
 # - `swapped_colours`, `swapped_shapes`: two objects exchange colours (shapes). The caption has
 #   **exactly the same words**; only which colour goes with which shape differs.
 #
-# A worked example. The text embeddings of two captions with the same words bound differently,
-# against a caption with other words:
+# First, the cosine between the text embeddings of a caption and of: the same words bound
+# differently; the same scene in the other order; other words.
 
 # %%
 examples = ["there is a red circle and a blue square", "there is a blue circle and a red square",
@@ -528,12 +509,11 @@ for j in range(1, 4):
 
 # %% [markdown]
 # To the text tower, "a red circle and a blue square" and "a blue circle and a red square" are
-# almost the same point, as close as the same scene described in the other order: the
-# embedding records which words occur, hardly how they are bound. Nothing in the contrastive
-# loss asks for more. It only asks that an image's caption score higher than the *other captions
-# in its batch* (lesson 06), and those almost never share its bag of words. Counted on the
-# canonical captions of the 30,000 training images (the form training draws two times in
-# three), for a batch of 64 pairs (`train.py`'s default, with which this checkpoint was made):
+# nearly one point (0.990), as close as the same scene in the other order (0.988): it records
+# which words occur, hardly how they are bound. The contrastive loss asks for no more: only that
+# an image's caption outscore the *other captions in its batch* (lesson 06), which almost never
+# have the same bag of words. Counted on the training images' canonical captions, for a batch of
+# 64 pairs (`train.py`'s default, with which this checkpoint was made):
 
 # %%
 with np.load(TINY_DATA / "train.npz") as data:
@@ -543,93 +523,81 @@ for text in canonical:
     by_bag.setdefault(tuple(sorted(text.split())), Counter())[text] += 1
 twins = sum(sum(c.values()) ** 2 - sum(v * v for v in c.values()) for c in by_bag.values())  # ordered pairs
 p = twins / (len(canonical) * (len(canonical) - 1))
-print(f"P(two training images' canonical captions have the same words but differ) = {p:.1e}")
+print(f"{len(canonical)} canonical captions; P(two of them have the same words but differ) = {p:.1e}")
 print(f"expected such captions among the 63 others of a batch of 64: {63 * p:.1e}")
 
 # %% [markdown]
-# The captioner's loss is different: it must predict every next word given the image and the
+# The captioner's loss is different: it must predict every next word from the image and the
 # words before it. After "a small", the next word must be the colour *of the object that comes
 # first in raster order*; after "a small white", its shape. Binding is what it is trained on.
 #
-# One test image with two objects, its canonical caption, and the same caption with the colours
-# swapped (the hard-negative generator's `swapped_colours`): both heads' scores, and the
-# captioner's log-probability of each token. We take the first test image where the
-# contrastive head gets this pair wrong.
+# A worked example: the first test image with two objects of different colours whose
+# colour-swapped caption the contrastive head scores at least as high as the true one, and
+# both captions' log-probabilities under the captioner, token by token (section 4's
+# `token_log_p`).
 
 # %%
-def both_scores(index, texts):
-    """Cosines and log p(text | image) of one test image against several texts."""
-    image_emb, caption_tokens = model.encode_image(test.images([index]))
-    tokens = tokenizer.encode_batch(texts, CONTEXT)
-    text_emb, features = model.encode_text(tokens)
-    cos = (text_emb @ image_emb[0]).tolist()
-    return cos, log_p_texts(caption_tokens.expand(len(texts), -1, -1), tokens, features).tolist()
-
-
 for index in range(len(test)):
     objects = test.objects[index]
     if (objects[:, 0] != shapes.NO_OBJECT).sum() != 2 or objects[0, 1] == objects[1, 1]:
-        continue  # two objects of different colours
-    true = shapes.canonical_caption(objects)
+        continue  # two objects of different colours only
     swapped_objects = objects.copy()
     swapped_objects[[0, 1], 1] = objects[[1, 0], 1]  # exchange the colours
-    swapped = shapes.canonical_caption(swapped_objects)
-    (cos_true, cos_swapped), (lp_true, lp_swapped) = both_scores(index, [true, swapped])
-    if cos_swapped >= cos_true:
+    pair_texts = [shapes.canonical_caption(objects), shapes.canonical_caption(swapped_objects)]
+    pair = tokenizer.encode_batch(pair_texts, CONTEXT)
+    cos = (model.encode_text(pair)[0] @ test_images[index]).tolist()  # (2,): x . y of both captions
+    if cos[1] >= cos[0]:
         break
+pair = pair[:, : int((pair != PAD).sum(1).max())]  # (2, T)
+_, features = model.encode_text(pair)  # (2, T, D)
+_, caption_tokens = model.encode_image(test.images([index, index]))  # (2, n_q, D)
+per_token = token_log_p(caption_tokens, pair, features)  # (2, T-1)
 print(f"test image {index}")
-print(f"  true     {true!r}: cosine {cos_true:.3f}, log p {lp_true:7.2f}")
-print(f"  swapped  {swapped!r}: cosine {cos_swapped:.3f}, log p {lp_swapped:7.2f}")
+for name, text, c, lp in zip(["true", "swapped"], pair_texts, cos, per_token.sum(1).tolist()):
+    print(f"  {name:<8} {text!r}: cosine {c:.3f}, log p {lp:7.2f}")
 
 # %% [markdown]
-# The per-token view shows where the captioner reads the binding. The tokens where the two
-# captions' log-probabilities differ by more than 0.5 are printed below the figure.
+# Where does the captioner read the binding? The image, each token's log-probability, and below
+# them the tokens where the two captions differ by more than 0.5.
 
 # %%
-pair = tokenizer.encode_batch([true, swapped], CONTEXT)
-pair = pair[:, : int((pair != PAD).sum(1).max())]
-_, features = model.encode_text(pair)
-_, caption_tokens = model.encode_image(test.images([index, index]))
-logits = model.text_decoder.multimodal(features[:, :-1], pair[:, :-1], caption_tokens)
-per_token = logits.log_softmax(-1).gather(-1, pair[:, 1:, None])[..., 0]  # (2, T-1)
-n = int((pair[0] != PAD).sum()) - 1  # the real targets (the two captions have the same length)
-labels_true = [tokenizer.decode([t]).strip() or "[EOS]" for t in pair[0, 1 : n + 1].tolist()]
-labels_swap = [tokenizer.decode([t]).strip() or "[EOS]" for t in pair[1, 1 : n + 1].tolist()]
-fig, ax = plt.subplots(figsize=(11, 3.8))
+n = int((pair[0] != PAD).sum()) - 1  # the real targets (both captions have the same length)
+token_names = [[tokenizer.decode([t]).strip() or "[EOS]" for t in row[1 : n + 1].tolist()] for row in pair]
+fig, (left, ax) = plt.subplots(1, 2, figsize=(12, 3.8), width_ratios=[1, 4])
+left.imshow(test.palette[test.pixels[index].long()])
+left.set(title=f"test image {index}", xticks=[], yticks=[])
 x = np.arange(n)
-ax.bar(x - 0.2, per_token[0, :n].numpy(), 0.4, label=f"true (total {lp_true:.1f})")
-ax.bar(x + 0.2, per_token[1, :n].numpy(), 0.4, label=f"colours swapped (total {lp_swapped:.1f})")
-ax.set_xticks(x, [a if a == b else f"{a} / {b}" for a, b in zip(labels_true, labels_swap)], rotation=60, fontsize=8)
+ax.bar(x - 0.2, per_token[0, :n].numpy(), 0.4, label=f"true (total {per_token[0].sum():.1f})")
+ax.bar(x + 0.2, per_token[1, :n].numpy(), 0.4, label=f"colours swapped (total {per_token[1].sum():.1f})")
+ax.set_xticks(x, [a if a == b else f"{a} / {b}" for a, b in zip(*token_names)], rotation=60, fontsize=8)
 ax.set(title=f"captioner: log p of each token given test image {index} (teacher forcing)",
        xlabel="target token (true / swapped where they differ)", ylabel="log p(token | earlier tokens, image)")  # fmt: skip
 ax.axhline(0, color="black", lw=0.5)
-ax.legend(loc="lower left")
+ax.legend(loc="lower right")
 fig.tight_layout()
 for j in range(n):
     if abs(per_token[0, j] - per_token[1, j]) > 0.5:
-        print(f"token {j}: true {labels_true[j]!r} {per_token[0, j]:.2f} | swapped {labels_swap[j]!r} {per_token[1, j]:.2f}")
+        print(f"token {j}: true {token_names[0][j]!r} {per_token[0, j]:.2f} | swapped {token_names[1][j]!r} {per_token[1, j]:.2f}")
 
 # %% [markdown]
-# The swapped caption loses its probability at two words: its first colour (the first object
-# in raster order, the one at the top right, is yellow, not white) and the shape after "a large
-# yellow" (the yellow object is a triangle, not a cross). Each is a word whose probability
-# depends on the words before it *and* on the image. The contrastive head, meanwhile, scored
-# the swapped caption slightly higher than the true one.
+# The swapped caption loses its probability at two words: its first colour (the first object in
+# raster order, at the top right, is yellow, not white) and the shape after "a large yellow"
+# (the yellow object is a triangle, not a cross): words whose probability depends on the words
+# before them *and* on the image. The contrastive head preferred the swap (0.925 against 0.908).
 
 # %% [markdown]
 # ### Pass rates on 200 test images
 #
-# From scratch: for each of the first 200 `test` images, its canonical caption and one negative
-# of each kind. The negatives themselves come from coca_min's `negative_caption`, with the same
-# random stream per image (`default_rng([i, 7])`, drawn in the order of `KINDS`) so that both
-# computations score the same texts. A pass is a strictly higher score for the true caption (a
-# tie fails); a swap needs two objects that differ in what is swapped, so swaps are scored on
-# fewer images. Chance is 0.5.
+# From scratch: each of the first 200 `test` images' canonical caption and one negative of each
+# kind, from coca_min's `negative_caption` with the same random stream per image
+# (`default_rng([i, 7])`, drawn in the order of `KINDS`), so that both computations score the
+# same texts. A pass is a strictly higher score for the true caption (a tie fails); a swap needs
+# two objects that differ in what is swapped, so swaps are scored on fewer images. Chance is 0.5.
 
 # %%
 hard = TinyShapes("test", tokenizer, limit=200)
 kinds = hard_negatives.KINDS
-pairs = []  # (image, kind or "true", text)
+pairs = []  # (image, kind or "true", text); each image's true caption first
 for i, objects in enumerate(hard.objects):
     rng = np.random.default_rng([i, 7])
     pairs.append((i, "true", shapes.canonical_caption(objects)))
@@ -637,25 +605,21 @@ for i, objects in enumerate(hard.objects):
         negative = hard_negatives.negative_caption(objects, kind, rng)
         if negative is not None:
             pairs.append((i, kind, negative))
+owner = torch.tensor([i for i, _, _ in pairs])  # (P,): the image of each pair
+kind_of = np.array([k for _, k, _ in pairs])  # (P,)
 image_emb, caption_tokens = model.encode_image(hard.images(range(len(hard))))  # (200, E), (200, n_q, D)
 tokens = tokenizer.encode_batch([t for _, _, t in pairs], CONTEXT)
-tokens = tokens[:, : int((tokens != PAD).sum(1).max())]
+tokens = tokens[:, : int((tokens != PAD).sum(1).max())]  # (P, T)
 text_emb, features = model.encode_text(tokens)  # (P, E), (P, T, D)
-owner = torch.tensor([i for i, _, _ in pairs])  # (P,): the image of each pair
-cosine = (image_emb[owner] * text_emb).sum(-1)  # (P,): contrastive score x . y
-log_p = torch.cat([log_p_texts(caption_tokens[owner[s : s + 400]], tokens[s : s + 400], features[s : s + 400])
-                   for s in range(0, len(pairs), 400)])  # (P,): captioner score, 400 pairs at a time  # fmt: skip
+chunks = [slice(s, s + 400) for s in range(0, len(pairs), 400)]  # the captioner 400 pairs at a time
+log_p = torch.cat([token_log_p(caption_tokens[owner[c]], tokens[c], features[c]).sum(-1) for c in chunks])  # (P,)
+head_scores = {"contrastive": (image_emb[owner] * text_emb).sum(-1), "captioner": log_p}  # (P,) each: x . y, log p
+rates = {}
+for head, score in head_scores.items():
+    true_score = score[torch.from_numpy(kind_of == "true")]  # (200,): each image's true caption
+    passed = true_score[owner] > score  # (P,): strictly higher than this pair's caption
+    rates[head] = {k: passed[torch.from_numpy(kind_of == k)].float().mean().item() for k in kinds}
 print(f"{len(pairs)} (image, caption) pairs, tokens {tuple(tokens.shape)}")
-
-true_score = {head: {} for head in ("contrastive", "captioner")}
-passes = {head: {k: [] for k in kinds} for head in true_score}
-for head, s in [("contrastive", cosine), ("captioner", log_p)]:
-    for (i, kind, _), value in zip(pairs, s.tolist()):
-        if kind == "true":
-            true_score[head][i] = value
-        else:
-            passes[head][kind].append(true_score[head][i] > value)  # strictly higher
-rates = {head: {k: sum(v) / len(v) for k, v in passes[head].items()} for head in passes}
 
 # %% [markdown]
 # **Check 10**: our pass rates equal coca_min's `evaluate_hard_negatives` on the same 200 images
@@ -667,42 +631,33 @@ for head in rates:
     assert all(abs(rates[head][k] - library_rates[head][k]) < 1e-6 for k in kinds), head
 print(f"{'kind':<16} {'images':>6} {'contrastive':>12} {'captioner':>10}")
 for k in kinds:
-    print(f"{k:<16} {len(passes['captioner'][k]):6d} {rates['contrastive'][k]:12.3f} {rates['captioner'][k]:10.3f}")
+    print(f"{k:<16} {(kind_of == k).sum():6d} {rates['contrastive'][k]:12.3f} {rates['captioner'][k]:10.3f}")
 print(f"(for comparison: image->text R@1 on 300 test images {retrieval['image_to_text_R@1']:.3f})")
 
 # %% [markdown]
 # The contrastive head passes the four kinds that change a word (0.925 to 1.000) and is near
-# chance on the two swaps (0.560 and 0.538), which change no word: the bag-of-words failure,
-# hidden by an image→text R@1 of 0.997. The captioner passes all six kinds (0.985 to 1.000).
+# chance on the two swaps (0.560 and 0.538), which change none: the bag-of-words failure, hidden
+# by an image→text R@1 of 0.997. The captioner passes all six kinds (0.985 to 1.000).
 
 # %% [markdown]
 # ## Summary
-# - Zero-shot classification embeds every class in several templates and averages the
-#   normalised embeddings; on 400 `classes` images the ensemble was checked against coca_min's
-#   `class_embeddings` and `evaluate_tiny_zero_shot`, with the confusion matrix against
-#   `plot_confusion`.
-# - Recall@K counts an image found if any of its captions is in the top K, a shared caption as
-#   right for each of its images, and a tie against the model (a constant model scores 0), as
-#   `retrieval_recalls` does.
-# - BLEU (clipped counts, closest reference length, brevity penalty) and CIDEr-D (tf-idf from the
-#   references, clipped, Gaussian length penalty σ = 6, ×10) were written from scratch and equal
-#   coca_min's to 1e-9 on a worked example and on the checkpoint's greedy captions.
-# - The captioner ranks classes by $\log p(\text{prompt} \mid \text{image})$ with teacher forcing,
-#   as `likelihood_scores` does; it costs one decoder pass per (image, prompt) pair.
-# - Captions that differ only in which colour goes with which shape are nearly one point to the
-#   contrastive text tower: its loss never needs the binding, since a batch almost never holds
-#   two such captions. The captioner must predict each word from the image and the words before
-#   it, and tells them apart.
+# - Zero-shot classification averages each class's normalised template embeddings; on this
+#   model it classifies held-out pairs almost as well as seen ones.
+# - Recall@K: an image is found if any of its captions is in the top K; a shared caption is right
+#   for each of its images; a tie counts against the model.
+# - BLEU and CIDEr-D, written from scratch as pycocoevalcap computes them, equal coca_min's.
+# - The captioner ranks classes by $\log p(\text{prompt} \mid \text{image})$, at one decoder
+#   pass per (image, prompt) pair, and prefers the pairs it was trained on.
+# - The contrastive text tower reads captions nearly as bags of words, since a batch almost
+#   never holds two captions with the same words; the captioner, which predicts each word from
+#   the image and the words before it, tells a swapped binding apart.
 #
 # ## Exercises
-# 1. Score the captioner with all 10 templates (`templates` instead of `one_template`) on the
-#    first 40 `classes` images. Does its accuracy change? How much longer does it take?
-# 2. Draw the confusion matrix of the colour alone (8 × 8) and of the shape alone (5 × 5)
-#    from `labels` and `predicted` (`label // 5` is the colour, `label % 5` the shape).
-#    Which attribute does the contrastive classifier get wrong more often?
-# 3. Count ties in the other direction: change `recall_at_k` so that a right answer is placed
-#    *before* wrong ones of the same score, and print the constant model's recalls. Why would
-#    that be a bad way to report a model?
-# 4. List the `swapped_colours` pairs that the contrastive head fails (from `pairs`, `cosine`
-#    and `true_score`), with the two cosines. Is its preference for the swapped caption large,
-#    or are the two nearly tied? Compare with the captioner's `log_p` gaps on the same pairs.
+# 1. Score the captioner with all 10 templates on the first 40 `classes` images. Does its
+#    accuracy on the held-out pairs change?
+# 2. Draw the colour-only (8 × 8) and shape-only (5 × 5) confusion matrices from `labels` and
+#    `predicted` (`label // 5` is the colour, `label % 5` the shape).
+# 3. Let `recall_at_k` place a right answer *before* wrong ones of the same score, and print the
+#    constant model's recalls. Why is that a bad way to report a model?
+# 4. For the `swapped_colours` pairs that the contrastive head fails (from `pairs`, `kind_of` and
+#    `head_scores`), are the two cosines nearly tied? Compare the captioner's log p gaps.
