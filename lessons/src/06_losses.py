@@ -183,7 +183,7 @@ print("gradcheck passed on coca_min.losses.contrastive_loss")
 # ## 3. The learnable temperature, and its clamp
 #
 # coca_min keeps $s = e^{t}$ with the parameter $t$ = `log_logit_scale` (so $s > 0$), starting
-# at $t = \log(1/0.07)$, $s \approx 14.3$ (SPEC §3, `CoCa.reset_parameters`). $s$ sets how sharp
+# at $t = \log(1/0.07)$, $s \approx 14.3$ (`CoCa.reset_parameters`). $s$ sets how sharp
 # the softmaxes are: at small $s$ every text looks alike, at large $s$ they are nearly one-hot.
 #
 # The formula for $\partial\mathcal{L}/\partial s$ says where training pushes it.
@@ -371,7 +371,7 @@ print(f"with [PAD] targets scored: {scores_padding(outputs, tokens).item():.6f} 
 
 # %% [markdown]
 # Ignoring [PAD] targets is only safe if id 0 is never a real token. open_clip uses id 0 for
-# both its padding and "!", so its loss drops every real "!" (SPEC §1). coca_min's bytes start
+# both its padding and "!", so its loss drops every real "!". coca_min's bytes start
 # at id 3 (`BYTE_OFFSET`, lesson 01).
 #
 # **Check 7**: no `val` caption, and no text with punctuation, digits or emoji, encodes to a 0.

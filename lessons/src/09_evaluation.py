@@ -9,7 +9,7 @@
 # - the hard-negative test: why a contrastive embedding can read a caption as a bag of words,
 #   and the captioner does not.
 #
-# **Paper**: §4.2–4.3 (zero-shot classification, retrieval, captioning; SPEC §5). The
+# **Paper**: §4.2–4.3 (zero-shot classification, retrieval, captioning). The
 # hard-negative test is not in the paper: it follows Yuksekgonul et al. 2023, "When and why
 # vision-language models behave like bags-of-words" (the ARO benchmark).
 #
@@ -55,7 +55,7 @@ print(f"tiny CoCa after {saved['step']} steps; vocabulary {tokenizer.vocab_size}
 # A contrastive model classifies without training on the classes: embed each class as a text
 # and pick the class closest to the image. A bare name ("a red circle") is not a caption the
 # model was trained on, so it is put into several *templates* ("there is {}", "{} is at the top
-# left", …), and the class embedding is their normalised mean (SPEC §5):
+# left", …), and the class embedding is their normalised mean:
 #
 # $$w_c = \frac{\bar w_c}{\lVert \bar w_c \rVert}, \quad
 # \bar w_c = \frac{1}{P} \sum_{p=1}^{P} \frac{f(t_p(c))}{\lVert f(t_p(c)) \rVert}, \qquad
@@ -160,7 +160,7 @@ print("every confusion (true -> predicted, images):", wrong)
 #
 # Retrieval ranks all captions by their cosine to an image (image→text), or all images by
 # their cosine to a caption (text→image). **Recall@K** is the fraction of queries whose right
-# answer is among the top $K$ (SPEC §5). Two details decide the number:
+# answer is among the top $K$. Two details decide the number:
 #
 # - **several right answers**: an image has three captions and is found if *any* of them is in
 #   the top $K$. Two images can also share a caption word for word ("a small red square at the
@@ -258,7 +258,7 @@ for f, form in enumerate(["canonical", "existential", "relational"]):
 # ## 3. Caption metrics: BLEU and CIDEr-D
 #
 # A generated caption is compared with the image's reference captions as the COCO caption
-# evaluation code (pycocoevalcap, SPEC §5) does, by the n-grams ($n = 1..4$) of lower-case words
+# evaluation code (pycocoevalcap) does, by the n-grams ($n = 1..4$) of lower-case words
 # without punctuation. **BLEU-n** (corpus level) clips each candidate n-gram's count to its
 # largest count in any one reference, pools over all captions, divides by the number of
 # candidate n-grams, and takes the geometric mean of the first $n$ precisions, times a
