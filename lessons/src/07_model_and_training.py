@@ -16,7 +16,9 @@
 
 # %% [markdown]
 # ## Set-up
-# Imports, a fixed seed and thread count, the version; the trained tiny model and its
+# Imports, a fixed seed, one thread (the tiny model's matrix products are small, and on a busy
+# machine a second thread mostly waits: the short run of section 4 then takes minutes, not
+# seconds), the version; the trained tiny model and its
 # training log, shipped in `lessons/assets/` (section 5 says how they were made), and 8 `val`
 # pairs padded by `collate` as the trainer pads them.
 
@@ -43,7 +45,7 @@ from coca_min.schedule import Schedule
 from coca_min.trainer import make_optimizer
 
 torch.manual_seed(0)
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 print("torch", torch.__version__)
 ASSETS = Path(coca_min.__file__).resolve().parents[1] / "lessons" / "assets"  # from any working directory
 
