@@ -8,7 +8,8 @@ A source is in the "percent" format that jupytext reads: `# %% [markdown]` start
 cell (its lines are comments, `# ` removed), `# %%` a code cell, and `# %% tags=["raises-exception"]`
 a code cell that is meant to raise (its error is kept as the cell's output; any other error
 fails the build), and `# %% tags=["measured"]` a cell whose outputs are wall-clock measurements
-(they differ from run to run, so --check compares that cell's code but not its outputs). Cells run in order in one namespace per lesson, with the lessons folder as
+(they differ from run to run, so --check compares that cell's code but not its outputs, and a
+notebook that differs from its new build only there is left as it is). Cells run in order in one namespace per lesson, with the lessons folder as
 the working directory, matplotlib on its non-interactive Agg backend and progress bars off.
 Outputs: what the cell prints, the value of its last expression (unless the line ends in `;`),
 and every figure it leaves open, as PNG. Cell ids and execution counts are fixed, memory
@@ -196,9 +197,12 @@ def main(argv=None):
         for source in sources(args.numbers):
             notebook = LESSONS / f"{source.stem}.ipynb"
             text = build(source)
+            current = notebook.is_file() and comparable(notebook.read_text(encoding="utf-8")) == comparable(text)
             if args.check:
-                if not notebook.is_file() or comparable(notebook.read_text(encoding="utf-8")) != comparable(text):
+                if not current:
                     stale.append(notebook.name)
+            elif current:  # kept as it is: only new timings would differ (a commit without noise)
+                print(f"unchanged {os.path.relpath(notebook)}")
             else:
                 notebook.write_text(text, encoding="utf-8")
                 print(f"built {os.path.relpath(notebook)}")

@@ -109,6 +109,11 @@ def test_check_compares_a_measured_cells_code_but_not_its_outputs(tmp_path, monk
     build.main([])
     build.main(["--check"])  # a new time is printed, and that is not a difference
     assert "up to date" in capsys.readouterr().out
+    committed = (tmp_path / "00_example.ipynb").read_bytes()
+    build.main([])  # nor a reason to rewrite the notebook
+    printed = capsys.readouterr().out
+    assert printed.startswith("unchanged ") and printed.rstrip().endswith("00_example.ipynb"), printed
+    assert (tmp_path / "00_example.ipynb").read_bytes() == committed
     write_lesson(tmp_path, timed.replace("perf_counter_ns()", "perf_counter_ns() + 1"))
     with pytest.raises(SystemExit, match=r"out of date"):  # the measured cell's code is still compared
         build.main(["--check"])

@@ -115,6 +115,10 @@ print(f"random unit vectors: L_con {random_loss.item():.4f}, equal to coca_min "
       f"(2 log 8 = {2 * math.log(8):.4f} if every softmax were uniform)")  # fmt: skip
 
 # %% [markdown]
+# Random vectors score above the uniform value: at $s = 1/0.07$ their small random cosines
+# become logits a few units apart, so each softmax is sharp, and mostly on a wrong text.
+
+# %% [markdown]
 # ## 2. The gradient, on paper
 #
 # Write $c_{ij} = x_i^\top y_j$, $z_{ij} = s\,c_{ij}$, and the two softmaxes of $Z$:
@@ -268,15 +272,15 @@ fig.tight_layout()
 # %% [markdown]
 # On the 8 `val` pairs, all right, $\partial\mathcal{L}/\partial s < 0$ at every $s$ and the loss
 # keeps falling (out of the frame): gradient descent would raise $s$ for ever. On 128 `test`
-# pairs, a few wrong, the loss is lowest near $s = 100$ and grows beyond: a wrong pair costs
+# pairs, a few wrong, the lowest loss on the grid is near $s = 100$, and it grows beyond: a wrong pair costs
 # about $s\,(c_{ij} - c_{ii})$ at large $s$, so an unbounded $s$ makes each mistake, and its
 # gradient (a factor $s$, section 2), as large as it likes. The untrained model's loss is
 # lowest at $s \approx 2$. The clamp keeps $s \le 100$ (CLIP's cap, `CoCa.max_logit_scale`).
 #
 # It acts **on the parameter, after each optimizer step** (`coca_min/trainer.py` calls
 # `model.clamp_logit_scale_()` after every `optimizer.step()`): as its docstring says,
-# $\min(e^t, 100)$ in the forward pass has zero gradient once $e^t > 100$, so $t$ could never
-# come back down.
+# $\min(e^t, 100)$ in the forward pass has zero gradient once $e^t > 100$, so $t$ would stop
+# being trained there: stuck above the cap, whatever the loss asked for later.
 #
 # **Check 4**, on the 128 trained `test` pairs: `clamp_logit_scale_` brings $s = 250$ down to
 # 100 and leaves $s = 40$ alone (1e-4), and after it the gradient on $t$ is not zero (> 1e-6);

@@ -540,7 +540,8 @@ print("colour before shape; captions of seen pairs before held-out pairs; retrie
 #   which still lag at the end.
 #
 # ## Exercises
-# 1. Run section 4 again with `batch_size=64`, 50 steps and `limit=64 * 50`. Does the first
+# 1. Run section 4 again from a fresh start (a new `CoCa(config)`, its `make_optimizer`, and
+#    `STEPS = 50`, `WARMUP = 5`) with `batch_size=64` and `limit=64 * 50`. Does the first
 #    contrastive loss sit near $2 \ln 64$? Which loss is lower after the same number of *pairs*?
 # 2. With `decoder_macs`, find the shares of the unimodal layers, the multimodal layers and the
 #    LM head in CoCa's pass for `tiny` and `base`. Then try `base` with $n_\text{uni} = 18$,

@@ -213,9 +213,10 @@ print("beam search: the same tokens and scores as coca_min.generate, for alpha 0
 # %% [markdown]
 # On images 74 and 180 the search without penalty ($\alpha = 0$) returns the shorter caption
 # (on 74 the "there is …" form, on 180 one that names two of the three objects): its sum has
-# fewer terms to lose on. Dividing by the length ($\alpha = 1$) gives the longer one back. On
-# image 69 greedy took the relational form "a yellow circle is right of …" at the second word;
-# the beam kept the canonical form alive, and it won.
+# fewer terms to lose on. Dividing by the length ($\alpha = 1$) gives the longer one back, which
+# is not always the better caption: on image 74 it calls the large orange circle "a large red
+# diamond", which the short one names right (both miss the red cross). On image 69 greedy took the relational form "a yellow
+# circle is right of …" at the second word; the beam kept the canonical form alive, and it won.
 #
 # ### Log-probabilities, not raw logits
 #

@@ -653,7 +653,8 @@ print(f"(for comparison: image->text R@1 on 300 test images {retrieval['image_to
 #   the image and the words before it, tells a swapped binding apart.
 #
 # ## Exercises
-# 1. Score the captioner with all 10 templates on the first 40 `classes` images. Does its
+# 1. Score the captioner with all 10 templates on the first 40 `classes` images (a class's score:
+#    the mean of its templates' log-likelihoods, as `likelihood_scores` takes it). Does its
 #    accuracy on the held-out pairs change?
 # 2. Draw the colour-only (8 × 8) and shape-only (5 × 5) confusion matrices from `labels` and
 #    `predicted` (`label // 5` is the colour, `label % 5` the shape).

@@ -220,7 +220,8 @@ print(f"global_contrastive_loss {library[0].item():.6f} = contrastive_loss {refe
 # context ($S$ caption-pooler tokens, $SD$) and its keys and values ($2SD$).
 #
 # **Check 5** (exact, a count of elements): the formulas give the elements saved by a tiny ViT
-# block and a tiny multimodal block (given no causal mask: on a CPU one would be saved too).
+# block and a tiny multimodal block. The blocks run here without an attention mask; with one
+# (the decoder's causal mask), the mask is saved as well.
 
 # %%
 def saved_elements(run, parameters):
@@ -563,10 +564,10 @@ print(f"base, the contrastive logits at the paper's batch of 65,536: {logits_per
 #
 # $$\text{MFU} = \frac{\text{pairs per second} \times \text{training FLOPs per pair}}{\text{peak FLOP/s}}.$$
 #
-# A worked example: CoCa-Base at 288 px on one H100 (dense bf16 peak 989 TFLOP/s). The issue
-# that asked for this lesson reports 1,011 to 1,020 images per second for open implementations
-# at batch 128 with `torch.compile`, 413 eager: **reported figures, not measured here**, with
-# texts of unknown length (we assume 64 tokens).
+# A worked example: CoCa-Base at 288 px on one H100 (dense bf16 peak 989 TFLOP/s). The
+# project's issue on scaling up (its `bench.py` targets) quotes 1,011 to 1,020 images per
+# second for the open implementations at batch 128 with `torch.compile`, and 413 eager:
+# **figures measured elsewhere, not here**, with texts of unknown length (we assume 64 tokens).
 
 # %%
 peak = 989e12  # H100 SXM, dense bf16, FLOP/s
@@ -649,8 +650,9 @@ print("--batch-size 1024, pairs per micro-batch:", "; ".join(f"{n} processes, --
 #   resume); `--batch-size` is global.
 #
 # ## Exercises
-# 1. Give rank 0 a batch of 4 and the others 12 each in `simulate`. Is the average of the four
-#    rank losses still the single-batch loss? What weight per rank would make it so?
+# 1. Split the same 32 pairs unevenly: rank 0 takes 2 and the other three 10 each (change
+#    `simulate`'s slicing to those sizes). Is the average of the four rank losses still the
+#    single-batch loss? What weight per rank would make it so?
 # 2. With `activations` and `n_params`, find the most pairs per GPU that fit CoCa (2.1B) in
 #    80 GB with DDP, FSDP over 8 GPUs, and FSDP with checkpointing.
 # 3. With 16-token texts (`forward_flops(config, T=16)`), what MFU would the reported 1,011
