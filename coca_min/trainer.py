@@ -2,7 +2,7 @@
 checkpoints and the final report. train.py checks the arguments (coca_min/cli.py) and calls
 `train(args)`; this file is that function and its helpers.
 
-Trains with the paper's objective (§3.3): λ_con · L_con + λ_cap · L_cap, with all pairs of a step
+Trains with the paper's objective (eq. 3, §3.2): λ_con · L_con + λ_cap · L_cap, with all pairs of a step
 as contrastive negatives across processes (distributed.py) and micro-batches. The optimizer is
 the usual one for small runs, AdamW with weight decay on matrices only, warm-up then cosine
 decay (schedule.py). Left out: the paper's Adafactor with linear decay over 500k steps at batch
