@@ -59,6 +59,7 @@ class TextDecoder(nn.Module):
 
     def unimodal(self, tokens):
         """Text alone: (B, T) token ids -> text embedding (B, E), unit norm; token features (B, T, D)."""
+        # BEGIN EXERCISE cls_token
         B, T = tokens.shape
         x = self.token_embedding(tokens) + self.pos_embedding[:T]  # (B, T, D)
         cls = self.cls_embedding.expand(B, 1, -1)  # (B, 1, D)
@@ -70,6 +71,7 @@ class TextDecoder(nn.Module):
         token_features, cls_out = x[:, :T], x[:, T]  # (B, T, D), (B, D)
         text_embedding = F.normalize(self.text_projection(self.ln_cls(cls_out)), dim=-1)
         return text_embedding, token_features
+        # END EXERCISE
 
     def new_cache(self) -> dict:
         """An empty key/value cache for `decode_step`: one dict per layer of both halves."""
@@ -82,6 +84,7 @@ class TextDecoder(nn.Module):
         text (no [CLS] is needed to caption), at the cost of the new tokens only, for text without
         [PAD]: there is no padding mask here (generation never feeds [PAD] to a caption that goes
         on; an ended caption's later logits are not used)."""
+        # BEGIN EXERCISE kv_cache_step
         start, t = cache["length"], tokens.shape[1]
         x = self.token_embedding(tokens) + self.pos_embedding[start : start + t]  # (B, t, D)
         # new token i (position start + i) may attend to every position up to its own
@@ -92,6 +95,7 @@ class TextDecoder(nn.Module):
             x = layer(x, mask=mask, context=context, cache=layer_cache)
         cache["length"] = start + t
         return self.lm_head(self.ln_final(x))  # (B, t, V)
+        # END EXERCISE
 
     def multimodal(self, token_features, tokens, caption_tokens):
         """Text with image: unimodal features (B, T, D) of `tokens` (B, T) and the caption

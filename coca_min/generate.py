@@ -59,6 +59,7 @@ def next_log_probs(step, tokens, n_generated, min_new, eos_id, pad_id, bos_id):
 def extend(step, tokens, choose, max_new, min_new=0, eos_id=EOS, pad_id=PAD, bos_id=BOS):
     """Greedy or sampled decoding: `choose` picks next tokens (N,) from log-probs (N, V).
     Returns tokens (N, P + n) ([EOS] then [PAD] after the end) and summed log-probs (N,)."""
+    # BEGIN EXERCISE greedy_decoding
     scores = torch.zeros(tokens.shape[0], device=tokens.device)
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     for i in range(max_new):
@@ -71,6 +72,7 @@ def extend(step, tokens, choose, max_new, min_new=0, eos_id=EOS, pad_id=PAD, bos
         if finished.all():
             break
     return tokens, scores
+    # END EXERCISE
 
 
 def greedy_choice(log_probs):
@@ -91,6 +93,7 @@ def sampling_choice(temperature=1.0, top_k=None, top_p=None, generator=None):
         raise ValueError(f"top_p must be in [0, 1] (0 keeps only the most likely token); got {top_p}")
 
     def choose(log_probs):  # (N, V)
+        # BEGIN EXERCISE nucleus_sampling
         logits = log_probs / temperature
         if top_k:
             kth_best = logits.topk(min(int(top_k), logits.shape[-1]), dim=-1).values[:, -1:]  # (N, 1)
@@ -104,6 +107,7 @@ def sampling_choice(temperature=1.0, top_k=None, top_p=None, generator=None):
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+        # END EXERCISE
 
     return choose
 
@@ -119,6 +123,7 @@ def beam_search(step, reorder, tokens, num_beams, max_new, min_new=0, length_pen
     best captions that go on. The result is the best finished caption; a caption cut off at
     `max_new` is returned only when none finished. The search stops early once no live caption
     can still beat the best finished one."""
+    # BEGIN EXERCISE beam_search
     B, K, P = tokens.shape[0], num_beams, tokens.shape[1]
     device = tokens.device
     start = torch.arange(B, device=device).repeat_interleave(K)  # (B K,) K copies each
@@ -161,6 +166,7 @@ def beam_search(step, reorder, tokens, num_beams, max_new, min_new=0, length_pen
         best_scores = torch.where(cut_off, live / (tokens.shape[1] - P) ** length_penalty, best_scores)
     width = int((best_tokens != pad_id).sum(1).max())  # the longest caption returned ([PAD] only after it)
     return best_tokens[:, :width], best_scores
+    # END EXERCISE
 
 
 @torch.inference_mode()

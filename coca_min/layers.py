@@ -54,6 +54,7 @@ class Attention(nn.Module):
                 if "k" in cache:  # self-attention: the new tokens' keys/values join the earlier ones
                     k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v  # (B, h, S so far, d_head)
+        # BEGIN EXERCISE attention
         if mask is not None and mask.dim() == 3:
             mask = mask[:, None]  # (B, 1, T, S): the same mask for every head
         if key_padding_mask is not None:
@@ -62,6 +63,7 @@ class Attention(nn.Module):
         # softmax(q kᵀ / √d_head) v, with disallowed scores set to -inf before the softmax
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d_head)
         return self.out_proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, dim)
+        # END EXERCISE
 
 
 class MLP(nn.Module):
@@ -112,10 +114,12 @@ def causal_padding_mask(is_pad: torch.Tensor) -> torch.Tensor:
     padding. Every position may attend to itself, so no row is empty (a softmax over nothing
     would be NaN), even at a padding position or in an all-padding text.
     """
+    # BEGIN EXERCISE text_mask
     T = is_pad.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=is_pad.device).tril()  # (T, T)
     itself = torch.eye(T, dtype=torch.bool, device=is_pad.device)  # (T, T)
     return causal & (~is_pad[:, None, :] | itself)  # (B, T, T)
+    # END EXERCISE
 
 
 def init_weights(module: nn.Module) -> None:

@@ -26,6 +26,7 @@ def contrastive_loss(image_embedding, text_embedding, logit_scale):
     """Paper eq. 1: (B, E) unit-norm embeddings, scalar scale s -> scalar loss, the sum of the
     image-to-text and text-to-image cross-entropies (each a mean over the batch)."""
     # at least float32, even under bf16 autocast: near s = 100, bf16 logits are 0.5 apart
+    # BEGIN EXERCISE contrastive_loss
     dtype = torch.promote_types(image_embedding.dtype, torch.float32)
     with torch.autocast(image_embedding.device.type, enabled=False):
         x, y = image_embedding.to(dtype), text_embedding.to(dtype)
@@ -34,6 +35,7 @@ def contrastive_loss(image_embedding, text_embedding, logit_scale):
     image_to_text = F.cross_entropy(logits, labels)  # each row: which text is image i's?
     text_to_image = F.cross_entropy(logits.T, labels)  # each column: which image is text j's?
     return image_to_text + text_to_image  # eq. 1: the sum, not CLIP's mean
+    # END EXERCISE
 
 
 def caption_loss(logits, targets, pad_id):
@@ -43,11 +45,13 @@ def caption_loss(logits, targets, pad_id):
             f"logits (batch, positions, vocab) {tuple(logits.shape)} do not match targets "
             f"(batch, positions) {tuple(targets.shape)}"
         )
+    # BEGIN EXERCISE caption_loss
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # not in bf16
     total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id,
                             reduction="sum")  # fmt: skip
     n_real = (targets != pad_id).sum().clamp(min=1)  # all padding -> 0 / 1, not 0 / 0
     return total / n_real
+    # END EXERCISE
 
 
 def text_log_likelihood(logits, targets, pad_id):

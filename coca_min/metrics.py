@@ -27,8 +27,10 @@ import torch
 def wrong_at_least_as_high(scores, correct):
     """scores (N, M), correct (N, M) bool, at least one True per row -> (N,) the number of wrong
     candidates scoring at least as high as the best correct one: the rank of the first hit."""
+    # BEGIN EXERCISE retrieval_rank
     best_correct = scores.masked_fill(~correct, float("-inf")).max(dim=1, keepdim=True).values
     return ((scores >= best_correct) & ~correct).sum(dim=1)
+    # END EXERCISE
 
 
 def top_k_accuracy(scores, labels, ks=(1, 5)) -> dict:
@@ -71,6 +73,7 @@ def ngrams(words, n_max=4) -> Counter:
 
 def bleu(candidates, references, n_max=4) -> list[float]:
     """Corpus BLEU-1..n_max. candidates: list of str; references: list of lists of str."""
+    # BEGIN EXERCISE bleu
     correct, total = [0] * n_max, [0] * n_max
     cand_len = ref_len = 0
     for cand, refs in zip(candidates, references):
@@ -93,10 +96,12 @@ def bleu(candidates, references, n_max=4) -> list[float]:
     ratio = (cand_len + tiny) / (ref_len + small)
     brevity = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
     return [s * brevity for s in scores]
+    # END EXERCISE
 
 
 def cider_d(candidates, references, n_max=4, sigma=6.0) -> float:
     """CIDEr-D, mean over images, as pycocoevalcap computes it."""
+    # BEGIN EXERCISE cider_d
     cand_grams = [ngrams(caption_words(c), n_max) for c in candidates]
     ref_grams = [[ngrams(caption_words(r), n_max) for r in refs] for refs in references]
     doc_freq = Counter(g for refs in ref_grams for g in set().union(*refs))  # over references only
@@ -124,3 +129,4 @@ def cider_d(candidates, references, n_max=4, sigma=6.0) -> float:
                 total[n] += dot * math.exp(-((length - rlength) ** 2) / (2 * sigma**2))
         scores.append(10.0 * total.mean() / len(refs))
     return float(np.mean(scores))
+    # END EXERCISE

@@ -33,6 +33,7 @@ SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+
 
 def _merge(ids, pair, new_id):
     """Replace every non-overlapping occurrence of `pair` in `ids`, left to right, by `new_id`."""
+    # BEGIN EXERCISE bpe_merge
     out, i = [], 0
     while i < len(ids):
         if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
@@ -42,6 +43,7 @@ def _merge(ids, pair, new_id):
             out.append(ids[i])
             i += 1
     return out
+    # END EXERCISE
 
 
 class Tokenizer:

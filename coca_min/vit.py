@@ -35,6 +35,7 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.pos_embed, std=1.0)
 
     def forward(self, images):  # (B, C, H, W) -> (B, N, width), N = (H / p)(W / p) patches
+        # BEGIN EXERCISE vit_forward
         p = self.patch_size
         # raster order of patches; each patch flattened as (row in patch, column in patch, channel)
         patches = rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
@@ -42,3 +43,4 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)  # no mask: every patch sees every patch
         return self.ln_out(x)
+        # END EXERCISE
