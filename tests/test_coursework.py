@@ -103,3 +103,75 @@ def test_a_malformed_marker_is_an_error_naming_the_file_and_line(case):
     text, expected = MALFORMED[case]
     with pytest.raises(MarkerError, match=r"^ex\.py:" + expected):
         find_regions(text, "ex.py", {"ex", "other"})
+
+
+# --- the student version ------------------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from coca_min.coursework.student import make_student, solution_windows  # noqa: E402
+
+
+def test_make_student_blanks_only_the_chosen_exercises_and_the_copy_imports_its_own_package(tmp_path):
+    dest = tmp_path / "student"
+    done = make_student(dest, only=["bleu", "contrastive_loss"])
+    assert done["blanked"] == {"coca_min/metrics.py": ["bleu"], "coca_min/losses.py": ["contrastive_loss"]}
+    assert not (dest / ".git").exists() and (dest / "lessons" / "06_losses.ipynb").is_file()
+    assert not any(part in {"__pycache__", ".venv", "out"} for p in dest.rglob("*") for part in p.relative_to(dest).parts)
+    script = """
+import coca_min, torch
+from coca_min.metrics import bleu, cider_d
+from coca_min.losses import contrastive_loss, caption_loss
+assert coca_min.__file__.startswith(%r), coca_min.__file__
+assert cider_d(["a red circle", "a blue cross"], [["a red circle"], ["a blue cross"]]) > 1  # not blanked: works
+for call, lesson in [(lambda: bleu(["a"], [["a"]]), "exercise bleu: see lessons/09_evaluation.ipynb"),
+                     (lambda: contrastive_loss(torch.eye(2), torch.eye(2), torch.tensor(1.0)), "exercise contrastive_loss: see lessons/06_losses.ipynb")]:
+    try:
+        call()
+    except NotImplementedError as error:
+        assert str(error) == lesson, error
+    else:
+        raise AssertionError("not blanked")
+print(contrastive_loss.__doc__.split(":")[0])
+""" % str(dest)
+    result = subprocess.run([sys.executable, "-c", script], cwd=dest, capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(dest), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("Paper eq. 1")  # the docstring is the student's
+
+
+def test_make_student_refuses_a_used_folder_an_unknown_exercise_and_a_folder_inside_the_repository(tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        make_student(tmp_path / "used", only=["bleu"])
+    with pytest.raises(MarkerError, match=r"no exercise 'blue' in the catalogue; the exercises are: bpe_merge"):
+        make_student(tmp_path / "new", only=["blue"])
+    with pytest.raises(ValueError, match="inside the repository"):
+        make_student(ROOT / "student_copy", only=["bleu"])
+    assert not (tmp_path / "new").exists() and not (ROOT / "student_copy").exists()
+
+
+def test_make_student_refuses_a_copy_that_still_holds_a_solution_and_leaves_nothing(tmp_path):
+    root = tmp_path / "repo"  # not a git checkout: every file is copied
+    (root / "coca_min").mkdir(parents=True)
+    metrics = (ROOT / "coca_min" / "metrics.py").read_text()
+    (root / "coca_min" / "metrics.py").write_text(metrics)
+    region = next(r for r in find_regions(metrics, "metrics.py", EXERCISES) if r.id == "bleu")
+    copied = "".join(metrics.splitlines(keepends=True)[region.begin : region.end - 1])
+    (root / "notes.py").write_text("def my_bleu(candidates, references, n_max=4):\n" + copied)
+    assert solution_windows(metrics, [region])
+    with pytest.raises(MarkerError, match=r"^notes\.py still holds solution code: correct, total"):
+        make_student(tmp_path / "student", only=["bleu"], root=root)
+    assert not (tmp_path / "student").exists()
+
+
+def test_the_command_line_writes_the_copy_or_says_what_is_wrong_in_one_line(tmp_path):
+    command = [sys.executable, "-m", "coca_min.coursework", "make-student"]
+    ok = subprocess.run([*command, str(tmp_path / "s"), "--only", "bpe_merge"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "1 exercise blanked" in ok.stdout and "coca_min/tokenizer.py: bpe_merge" in ok.stdout
+    assert "note: lessons/01_tokenizer.ipynb writes a blanked solution's code from scratch" in ok.stdout
+    bad = subprocess.run([*command, str(tmp_path / "t"), "--only", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert bad.stderr.startswith("error: no exercise 'nope' in the catalogue")
