@@ -110,7 +110,7 @@ def evaluate_during_training(model, tokenizer, val, args, config):
         out["zero_shot_shape"] = zero_shot["shape_accuracy"]
         subset = TinyShapes("val", tokenizer, config.context_length, limit=min(len(val), 128))
         out["caption_object_F1"] = evaluate_captions(model, subset)[0]["object_F1"]
-        held_out = TinyShapes("test_comp", tokenizer, config.context_length, limit=128)
+        held_out = TinyShapes("test_comp", tokenizer, config.context_length, limit=min(args.eval_images or 128, 128))
         out["caption_object_F1_comp"] = evaluate_captions(model, held_out)[0]["object_F1"]
     model.train()
     return out

@@ -330,3 +330,21 @@ def test_a_collective_refuses_a_tensor_off_the_process_groups_device(monkeypatch
         with pytest.raises(RuntimeError, match=r"tensor on cpu; its tensors must live on cuda:0"):
             call()
     assert sent == []  # refused before anything was sent
+
+
+def test_evaluation_during_training_reads_at_most_eval_images_of_every_split(tiny, monkeypatch):
+    # --eval-images bounds every split the quick evaluation reads (test_comp's 128 did not obey)
+    read = []
+    real = trainer.TinyShapes
+
+    def recording(split, *args, limit=None, **kwargs):
+        read.append((split, limit))
+        return real(split, *args, limit=limit, **kwargs)
+
+    monkeypatch.setattr(trainer, "TinyShapes", recording)
+    args = train.parse_args(["--eval-images", "8"])
+    val = real("val", limit=8)
+    figures = trainer.evaluate_during_training(tiny, val.tokenizer, val, args, tiny.config)
+    assert {split for split, _ in read} == {"classes", "val", "test_comp"}
+    assert all(limit is not None and limit <= 8 for _, limit in read), read
+    assert 0 <= figures["caption_object_F1_comp"] <= 1
