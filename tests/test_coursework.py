@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coca_min.coursework.exercises import EXERCISES
-from coca_min.coursework.markers import MarkerError, blank, find_regions
+from coca_min.coursework.markers import MarkerError, blank, find_regions, region_text, splice
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,18 @@ def test_blanking_leaves_python_and_nothing_of_the_solution(path):
         for line in lines[region.begin : region.end - 1]:  # the solution's lines
             if line.strip():  # none is left, unless the same line is also outside every region
                 assert out.count(line) <= outside.count(line), (region.id, line)
-    assert "EXERCISE" not in blanked.replace("NotImplementedError('exercise", "")
+    stubs = {r.id: region_text(blanked, r.id) for r in find_regions(blanked, path)}  # the markers stay
+    assert stubs == {r.id: f"{r.indent}raise NotImplementedError({message(r)!r})\n" for r in regions}
+
+
+@pytest.mark.parametrize("path", sorted({e.file for e in EXERCISES.values()}))
+def test_splicing_the_reference_solutions_back_gives_the_reference_file(path):
+    text = (ROOT / path).read_text()
+    regions = regions_in(path)
+    restored = blank(text, regions, message)
+    for region in regions:
+        restored = splice(restored, region.id, region_text(text, region.id), path)
+    assert restored == text
 
 
 def test_a_blanked_function_raises_and_names_its_exercise_and_lesson():
@@ -95,7 +106,10 @@ MALFORMED = {
 def test_good_markers_give_their_region():
     (region,) = find_regions(GOOD, "ex.py", {"ex"})
     assert (region.id, region.begin, region.end, region.indent, region.function) == ("ex", 3, 6, "    ", "f")
-    assert blank(GOOD, [region], lambda r: "exercise ex").endswith("    raise NotImplementedError('exercise ex')\n")
+    assert blank(GOOD, [region], lambda r: "exercise ex").endswith(
+        "    # BEGIN EXERCISE ex\n    raise NotImplementedError('exercise ex')\n    # END EXERCISE\n")
+    with pytest.raises(MarkerError, match=r"ex\.py: no '# BEGIN EXERCISE other'.*markers removed"):
+        region_text(GOOD, "other", "ex.py")
 
 
 @pytest.mark.parametrize("case", MALFORMED, ids=lambda case: case.replace(" ", "_"))

@@ -2,8 +2,9 @@
 
 A region starts at a line `# BEGIN EXERCISE <id>` and ends at the next `# END EXERCISE`, both
 at the indentation of the statements they enclose, inside one function body (after its
-docstring, which the student keeps with the signature). Blanking replaces a region, markers
-included, by `raise NotImplementedError("exercise <id>: see lessons/…")` at that indentation.
+docstring, which the student keeps with the signature). Blanking replaces the code between the
+markers by `raise NotImplementedError("exercise <id>: see lessons/…")` at their indentation;
+`splice` puts one region of another version of the file (a student's) into a file.
 Every malformed marker is an error that names the file and line: a region left open, an END
 without a BEGIN, a region inside another, one outside a function body or across two of them,
 markers at different indentations, an id used twice or unknown to the catalogue.
@@ -103,12 +104,13 @@ def find_regions(text: str, path="<source>", known_ids=None) -> list[Region]:
 
 
 def blank(text: str, regions, message) -> str:
-    """`text` with each region (markers included) replaced by a stub that raises
-    NotImplementedError(message(region)). The result must still be Python."""
+    """`text` with the code of each region replaced by a stub that raises
+    NotImplementedError(message(region)). The markers stay, around the stub: the student writes
+    the solution between them, and the grader finds it there. The result must still be Python."""
     lines = text.splitlines(keepends=True)
     for region in sorted(regions, key=lambda r: r.begin, reverse=True):
         stub = f"{region.indent}raise NotImplementedError({message(region)!r})\n"
-        lines[region.begin - 1 : region.end] = [stub]
+        lines[region.begin : region.end - 1] = [stub]
     out = "".join(lines)
     try:
         ast.parse(out)
@@ -116,3 +118,22 @@ def blank(text: str, regions, message) -> str:
         raise MarkerError(f"blanking {[r.id for r in regions]} leaves code that is not Python "
                           f"({error.msg}, line {error.lineno}): a region must hold whole statements")  # fmt: skip
     return out
+
+
+def region_text(text: str, exercise_id: str, path="<source>") -> str:
+    """The lines strictly between the markers of `exercise_id` in `text`."""
+    found = [r for r in find_regions(text, path) if r.id == exercise_id]
+    if not found:
+        raise MarkerError(f"{path}: no '# BEGIN EXERCISE {exercise_id}' … '# END EXERCISE' (were the markers removed?)")
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[found[0].begin : found[0].end - 1])
+
+
+def splice(text: str, exercise_id: str, code: str, path="<source>") -> str:
+    """`text` with the code between the markers of `exercise_id` replaced by `code`."""
+    found = [r for r in find_regions(text, path) if r.id == exercise_id]
+    if not found:
+        raise MarkerError(f"{path}: no '# BEGIN EXERCISE {exercise_id}' … '# END EXERCISE'")
+    region, lines = found[0], text.splitlines(keepends=True)
+    lines[region.begin : region.end - 1] = [code]
+    return "".join(lines)

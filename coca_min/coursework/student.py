@@ -2,9 +2,10 @@
 
 The files copied are the ones git tracks (or, outside a git checkout, every file but caches,
 virtual environments, run outputs and the .git folder), so nothing else of the reference comes
-along: no history, no caches, no checkpoints of runs. Each selected exercise's region becomes
-`raise NotImplementedError("exercise <id>: see lessons/NN_….ipynb")`, the function's signature
-and docstring kept. Afterwards every text file of the copy (notebooks' cells and outputs too)
+along: no history, no caches, no checkpoints of runs. The code between each selected
+exercise's markers becomes `raise NotImplementedError("exercise <id>: see lessons/NN_….ipynb")`;
+the markers, the function's signature and its docstring stay, and the student writes the
+solution between the markers, where the grader will look for it. Afterwards every text file of the copy (notebooks' cells and outputs too)
 is searched for the blanked solutions' code: five consecutive code lines of a solution found
 together in the package, the tests or any other file refuse the copy (it is removed). A lesson
 that builds the same code from scratch is reported instead, so that an instructor can hand
