@@ -55,6 +55,20 @@ def run_here(script, args, cwd, monkeypatch, capsys):
     return status, out, err
 
 
+def the_one_error_line(script, args, cwd, after_torch, monkeypatch, capsys):
+    """Run a bad command (in this process if it loads torch anyway, else in a new one that must
+    not import torch) and assert it fails with one line and no traceback -> that line."""
+    if after_torch:
+        status, out, err = run_here(script, args, cwd, monkeypatch, capsys)
+    else:
+        result = run_command(script, args, cwd=cwd)
+        status, out, err = result.returncode, result.stdout, result.stderr
+        assert out.strip() == "torch not imported"  # so it fails in milliseconds
+    lines = err.strip().splitlines()
+    assert status != 0 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
 def png(path, size=32):
     Image.new("RGB", (size, size), (200, 30, 30)).save(path)
 
@@ -274,15 +288,9 @@ def test_train_py_bad_input_is_one_line(case, args, words, tmp_path, folder, mon
     (tmp_path / "empty").mkdir()
     make_run(tmp_path / "old_run")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    if case in [c[0] for c in TRAIN_CASES_AFTER_TORCH]:
-        status, out, err = run_here("train.py", args, tmp_path, monkeypatch, capsys)
-    else:
-        result = run_command("train.py", args, cwd=tmp_path)
-        status, out, err = result.returncode, result.stdout, result.stderr
-        assert out.strip() == "torch not imported"  # so it fails in milliseconds
-    lines = err.strip().splitlines()
-    assert status != 0 and len(lines) == 1 and "Traceback" not in err, err
-    assert words.format(tmp=tmp_path) in lines[0], lines[0]
+    after_torch = case in [c[0] for c in TRAIN_CASES_AFTER_TORCH]
+    line = the_one_error_line("train.py", args, tmp_path, after_torch, monkeypatch, capsys)
+    assert words.format(tmp=tmp_path) in line, line
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
     assert (tmp_path / "old_run" / "ckpt.pt").read_bytes() == b"a previous run"  # nothing lost
 
@@ -353,15 +361,9 @@ SAMPLE_CASES_AFTER_TORCH = [
 @pytest.mark.parametrize("case, args, words", SAMPLE_CASES + SAMPLE_CASES_AFTER_TORCH,
                          ids=[c[0] for c in SAMPLE_CASES + SAMPLE_CASES_AFTER_TORCH])  # fmt: skip
 def test_sample_py_bad_input_is_one_line(case, args, words, sample_files, monkeypatch, capsys):
-    if case in [c[0] for c in SAMPLE_CASES_AFTER_TORCH]:
-        status, out, err = run_here("sample.py", args, sample_files, monkeypatch, capsys)
-    else:
-        result = run_command("sample.py", args, cwd=sample_files)
-        status, out, err = result.returncode, result.stdout, result.stderr
-        assert out.strip() == "torch not imported"  # so it fails in milliseconds
-    lines = err.strip().splitlines()
-    assert status != 0 and len(lines) == 1 and "Traceback" not in err, err
-    assert words in lines[0], lines[0]
+    after_torch = case in [c[0] for c in SAMPLE_CASES_AFTER_TORCH]
+    line = the_one_error_line("sample.py", args, sample_files, after_torch, monkeypatch, capsys)
+    assert words in line, line
 
 
 def test_help_states_every_default_once(capsys):

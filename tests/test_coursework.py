@@ -3,12 +3,15 @@ its tests exist, blanking leaves Python with no solution in it, and a malformed 
 error that names the file and line."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from coca_min.coursework.exercises import EXERCISES
 from coca_min.coursework.markers import MarkerError, blank, find_regions, region_text, splice
+from coca_min.coursework.student import make_student, solution_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,11 +123,6 @@ def test_a_malformed_marker_is_an_error_naming_the_file_and_line(case):
 
 
 # --- the student version ------------------------------------------------------------------
-
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from coca_min.coursework.student import make_student, solution_windows  # noqa: E402
 
 
 def test_make_student_blanks_only_the_chosen_exercises_and_the_copy_imports_its_own_package(tmp_path):

@@ -120,20 +120,21 @@ def blank(text: str, regions, message) -> str:
     return out
 
 
-def region_text(text: str, exercise_id: str, path="<source>") -> str:
-    """The lines strictly between the markers of `exercise_id` in `text`."""
+def _region(text: str, exercise_id: str, path) -> Region:
     found = [r for r in find_regions(text, path) if r.id == exercise_id]
     if not found:
         raise MarkerError(f"{path}: no '# BEGIN EXERCISE {exercise_id}' … '# END EXERCISE' (were the markers removed?)")
-    lines = text.splitlines(keepends=True)
-    return "".join(lines[found[0].begin : found[0].end - 1])
+    return found[0]
+
+
+def region_text(text: str, exercise_id: str, path="<source>") -> str:
+    """The lines strictly between the markers of `exercise_id` in `text`."""
+    region = _region(text, exercise_id, path)
+    return "".join(text.splitlines(keepends=True)[region.begin : region.end - 1])
 
 
 def splice(text: str, exercise_id: str, code: str, path="<source>") -> str:
     """`text` with the code between the markers of `exercise_id` replaced by `code`."""
-    found = [r for r in find_regions(text, path) if r.id == exercise_id]
-    if not found:
-        raise MarkerError(f"{path}: no '# BEGIN EXERCISE {exercise_id}' … '# END EXERCISE'")
-    region, lines = found[0], text.splitlines(keepends=True)
+    region, lines = _region(text, exercise_id, path), text.splitlines(keepends=True)
     lines[region.begin : region.end - 1] = [code]
     return "".join(lines)
