@@ -9,7 +9,8 @@ cell (its lines are comments, `# ` removed), `# %%` a code cell, and `# %% tags=
 a code cell that is meant to raise (its error is kept as the cell's output; any other error
 fails the build), and `# %% tags=["measured"]` a cell whose outputs are wall-clock measurements
 (they differ from run to run, so --check compares that cell's code but not its outputs, and a
-notebook that differs from its new build only there is left as it is). Cells run in order in one namespace per lesson, with the lessons folder as
+notebook that differs from its new build only there is left as it is). Cells run in order in
+one namespace per lesson, with the lessons folder as
 the working directory, matplotlib on its non-interactive Agg backend and progress bars off.
 Outputs: what the cell prints, the value of its last expression (unless the line ends in `;`),
 and every figure it leaves open, as PNG. Cell ids and execution counts are fixed, memory
