@@ -1,4 +1,5 @@
-"""python -m coca_min.coursework make-student DEST [--only ID ...]"""
+"""python -m coca_min.coursework make-student DEST [--only ID ...]
+python -m coca_min.coursework grade STUDENT_DIR [--hidden DIR] [--out grade.json] [--only ID ...]"""
 
 import argparse
 import sys
@@ -13,7 +14,25 @@ def main(argv=None):
     student = commands.add_parser("make-student", help="write the student version of the repository to DEST")
     student.add_argument("dest", help="a new (or empty) folder outside the repository")
     student.add_argument("--only", nargs="+", metavar="ID", help=f"exercises to blank (default: all): {', '.join(EXERCISES)}")
+    grader = commands.add_parser("grade", help="grade a student's copy with the reference tests, one exercise at a time")
+    grader.add_argument("student", help="the student's copy of the repository (made by make-student)")
+    grader.add_argument("--hidden", metavar="DIR", help="a folder of extra test_*.py files, each test marked @pytest.mark.grades(\"<id>\")")
+    grader.add_argument("--out", metavar="FILE", default="grade.json", help="the JSON report (default: grade.json)")
+    grader.add_argument("--only", nargs="+", metavar="ID", help="grade these exercises only (default: all)")
+    grader.add_argument("--seed", type=int, help="the seed of the tests' random inputs (default: a new one, in the report)")
+    grader.add_argument("--timeout", type=float, default=120.0, help="seconds each test may run (default: 120)")
+    grader.add_argument("--jobs", type=int, help="tests run at once (default: the number of CPUs, at most 4)")
     args = parser.parse_args(argv)
+    if args.command == "grade":
+        from .grade import grade, table
+
+        try:
+            report = grade(args.student, args.hidden, args.out, args.seed, args.timeout, args.jobs, args.only)
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        print(table(report))
+        print(f"report: {args.out}")
+        return
     from .student import make_student
 
     try:

@@ -121,10 +121,19 @@ def blank(text: str, regions, message) -> str:
 
 
 def _region(text: str, exercise_id: str, path) -> Region:
-    found = [r for r in find_regions(text, path) if r.id == exercise_id]
-    if not found:
-        raise MarkerError(f"{path}: no '# BEGIN EXERCISE {exercise_id}' … '# END EXERCISE' (were the markers removed?)")
-    return found[0]
+    """The markers of one exercise, found by their lines alone: a student's file may not even
+    parse (a syntax error inside one exercise must cost that exercise only)."""
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        begin = BEGIN.match(line)
+        if begin and begin["id"] == exercise_id:
+            for end_number in range(number + 1, len(lines) + 1):
+                if END.match(lines[end_number - 1]):
+                    return Region(exercise_id, number, end_number, begin["indent"], "")
+                if BEGIN.match(lines[end_number - 1]):
+                    break
+            raise MarkerError(f"{path}:{number}: exercise {exercise_id!r} has no '# END EXERCISE' before the next region")
+    raise MarkerError(f"{path}: no '# BEGIN EXERCISE {exercise_id}' … '# END EXERCISE' (were the markers removed?)")
 
 
 def region_text(text: str, exercise_id: str, path="<source>") -> str:

@@ -1,0 +1,224 @@
+"""The grader: the reference tests, run against a student's coca_min, one exercise at a time.
+
+For each exercise the grader assembles a copy of the repository in which only that exercise
+comes from the student:
+
+    coca_min/   the student's package, with every *other* exercise's region replaced by the
+                reference solution (so a wrong attention mask costs the attention exercise,
+                not the ViT, the decoder and captioning as well)
+    tests/      the reference tests (the student's copies of them are never used), and the
+                instructor's hidden tests under tests/hidden/
+    the rest    the reference repository's files (tiny_data/, train.py, ...)
+
+and runs each of the exercise's tests there in its own process with a time limit, so a crash,
+an endless loop or an import error costs that exercise only. A plugin in that process
+(`plugin.py`) checks that coca_min was imported from the copy and nothing from the reference
+package. An exercise earns its points only when all of its tests pass. The tests draw their
+random inputs from COCA_MIN_GRADE_SEED, which the grader sets (a new seed for every grading
+unless one is given), so answers hard-coded from the visible tests do not pass.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .exercises import EXERCISES
+from .markers import MarkerError, region_text, splice
+from .student import ROOT, repository_files
+
+PLUGIN = "_coca_min_grader"  # the plugin's module name inside each copy
+
+
+@dataclass
+class TestResult:
+    test: str
+    outcome: str  # "passed", "failed", "error" (collection, import, origin), "timeout", "crashed"
+    message: str
+    seconds: float
+
+
+def _copy_tree(source: Path, target: Path):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+
+
+def student_code(student: Path, exercise_id: str) -> tuple[str | None, str]:
+    """The student's code between the exercise's markers, or None and why not."""
+    file = student / EXERCISES[exercise_id].file
+    if not file.is_file():
+        return None, f"{EXERCISES[exercise_id].file} is missing from the student's copy"
+    try:
+        return region_text(file.read_text(encoding="utf-8", errors="replace"), exercise_id, file), ""
+    except MarkerError as error:
+        return None, str(error)
+
+
+def assemble(target: Path, student: Path, graded: str | None, hidden: Path | None, root: Path = ROOT) -> list[str]:
+    """Write the copy in which only exercise `graded` (None: none) comes from the student.
+    Returns notes: exercises whose reference solution could not be put in."""
+    for name in repository_files(root):
+        if name.parts[0] not in ("coca_min", "tests"):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, target / name)
+    _copy_tree(student / "coca_min", target / "coca_min")
+    _copy_tree(root / "tests", target / "tests")
+    if hidden is not None:
+        _copy_tree(hidden, target / "tests" / "hidden")
+    shutil.copy2(Path(__file__).with_name("plugin.py"), target / f"{PLUGIN}.py")
+    notes = []
+    for exercise_id, exercise in EXERCISES.items():
+        if exercise_id == graded:
+            continue
+        file = target / exercise.file
+        reference = region_text((root / exercise.file).read_text(encoding="utf-8"), exercise_id, exercise.file)
+        try:
+            file.write_text(splice(file.read_text(encoding="utf-8"), exercise_id, reference, exercise.file), encoding="utf-8")
+        except (MarkerError, OSError) as error:
+            notes.append(f"{exercise_id}: the reference solution could not be put in ({error})")
+    return notes
+
+
+def run_test(copy: Path, test: str, seed: int, timeout: float, root: Path = ROOT) -> TestResult:
+    """One test (a pytest node id) in its own process in `copy`."""
+    result_file = Path(tempfile.mkstemp(prefix="grade_", suffix=".json", dir=copy)[1])
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", COCA_MIN_GRADE_SEED=str(seed),
+               COCA_MIN_GRADING="1", COCA_MIN_GRADE_RESULT=str(result_file),
+               COCA_MIN_GRADE_EXPECT=str(copy / "coca_min"), COCA_MIN_GRADE_FORBID=str(root / "coca_min"))  # fmt: skip
+    command = [sys.executable, "-m", "pytest", "-q", "-p", PLUGIN, "-p", "no:cacheprovider",
+               "-o", "addopts=", "--rootdir", str(copy), test]  # fmt: skip
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    try:
+        output = process.communicate(timeout=timeout)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the test and anything it started
+        process.communicate()
+        return TestResult(test, "timeout", f"still running after {timeout:g} s: stopped", timeout)
+    seconds = time.perf_counter() - start
+    try:
+        report = json.loads(result_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        tail = " / ".join(line for line in output.splitlines()[-3:] if line.strip())
+        return TestResult(test, "crashed", f"the test process ended with code {process.returncode} "
+                          f"and no result: {tail[:300]}", seconds)  # fmt: skip
+    if report["outcome"] == "passed" and process.returncode != 0:  # e.g. an error after the tests
+        tail = " / ".join(line for line in output.splitlines()[-3:] if line.strip())
+        report = {"outcome": "failed", "message": f"pytest ended with code {process.returncode}: {tail[:300]}"}
+    return TestResult(test, report["outcome"], report["message"], seconds)
+
+
+def hidden_tests(hidden: Path, workdir: Path, student: Path, root: Path = ROOT) -> dict[str, list[str]]:
+    """{exercise id: [node ids]} of the instructor's tests in `hidden`, each marked
+    `@pytest.mark.grades("<id>")`. Each must pass on the reference solutions."""
+    if not hidden.is_dir() or not any(hidden.rglob("test_*.py")):
+        raise ValueError(f"--hidden {hidden}: no test_*.py files in that folder")
+    copy = workdir / "reference"
+    assemble(copy, root, None, hidden, root)  # every exercise the reference's
+    marks_file = copy / "hidden_marks.json"
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", COCA_MIN_GRADE_COLLECT=str(marks_file))
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", PLUGIN, "-p", "no:cacheprovider",
+                    "-o", "addopts=", "--rootdir", str(copy), "tests/hidden"], cwd=copy, env=env,
+                   capture_output=True)  # fmt: skip
+    if not marks_file.is_file():
+        raise ValueError(f"--hidden {hidden}: pytest could not collect the hidden tests")
+    by_exercise = {}
+    for node, ids in json.loads(marks_file.read_text()).items():
+        if not ids:
+            raise ValueError(f"hidden test {node} names no exercise: mark it @pytest.mark.grades(\"<id>\")")
+        for exercise_id in ids:
+            if exercise_id not in EXERCISES:
+                raise ValueError(f"hidden test {node} grades {exercise_id!r}, not in the catalogue: {', '.join(EXERCISES)}")
+            by_exercise.setdefault(exercise_id, []).append(node)
+    for node in sorted({n for nodes in by_exercise.values() for n in nodes}):
+        check = run_test(copy, node, 0, 600, root)
+        if check.outcome != "passed":
+            raise ValueError(f"hidden test {node} does not pass on the reference solutions: {check.message}")
+    return by_exercise
+
+
+def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, only=None, root=ROOT,
+          progress=True) -> dict:  # fmt: skip
+    """Grade the student's repository copy `student`. -> the report (also written to `out`)."""
+    student, root = Path(student).resolve(), Path(root).resolve()
+    if not (student / "coca_min" / "__init__.py").is_file():
+        raise ValueError(f"{student} holds no coca_min package (expected {student / 'coca_min' / '__init__.py'})")
+    if student == root:
+        raise ValueError(f"{student} is the reference repository itself: give the student's copy")
+    chosen = list(EXERCISES) if not only else list(only)
+    unknown = [i for i in chosen if i not in EXERCISES]
+    if unknown:
+        raise ValueError(f"no exercise {', '.join(map(repr, unknown))} in the catalogue; the exercises are: {', '.join(EXERCISES)}")
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    jobs = jobs or max(1, min(4, os.cpu_count() or 1))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="coca_min_grade_") as workdir:
+        workdir = Path(workdir)
+        extra = hidden_tests(Path(hidden).resolve(), workdir, student, root) if hidden else {}
+        work, results, notes = [], {}, {}
+        for exercise_id in chosen:
+            tests = list(EXERCISES[exercise_id].tests) + extra.get(exercise_id, [])
+            code, why = student_code(student, exercise_id)
+            if code is None:  # no region to grade: every test fails with the reason
+                results[exercise_id] = [TestResult(t, "error", why, 0.0) for t in tests]
+                continue
+            copy = workdir / exercise_id
+            notes[exercise_id] = assemble(copy, student, exercise_id, Path(hidden).resolve() if hidden else None, root)
+            work += [(exercise_id, copy, test) for test in tests]
+        bar = tqdm(total=len(work), desc="grading", unit="test", disable=not progress)
+
+        def one(item):
+            result = run_test(item[1], item[2], seed, timeout, root)
+            bar.update()
+            return item[0], result
+
+        with ThreadPoolExecutor(jobs) as pool:
+            for exercise_id, result in pool.map(one, work):
+                results.setdefault(exercise_id, []).append(result)
+        bar.close()
+    report = {"student": str(student), "seed": seed, "timeout_s": timeout, "exercises": {}, "total": 0,
+              "max": sum(EXERCISES[i].points for i in chosen)}  # fmt: skip
+    for exercise_id in chosen:
+        tests = results[exercise_id]
+        failures = [t for t in tests if t.outcome != "passed"]
+        points = EXERCISES[exercise_id].points if not failures else 0
+        report["exercises"][exercise_id] = {
+            "lesson": EXERCISES[exercise_id].lesson,
+            "points": points,
+            "max_points": EXERCISES[exercise_id].points,
+            "passed": len(tests) - len(failures),
+            "failed": len(failures),
+            "first_failure": f"{failures[0].test.split('::')[-1]}: {failures[0].message}" if failures else "",
+            "notes": notes.get(exercise_id, []),
+            "tests": [vars(t) for t in tests],
+        }
+        report["total"] += points
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    if out is not None:
+        Path(out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def table(report) -> str:
+    """The report as a plain-text table, one row per exercise, then the total."""
+    rows = [("exercise", "passed", "failed", "points", "first failure")]
+    for exercise_id, r in report["exercises"].items():
+        failure = r["first_failure"]
+        rows.append((exercise_id, str(r["passed"]), str(r["failed"]), f"{r['points']}/{r['max_points']}",
+                     failure if len(failure) <= 90 else failure[:87] + "..."))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"total {report['total']}/{report['max']} points (seed {report['seed']}, {report['seconds']:.0f} s)")
+    return "\n".join(line.rstrip() for line in lines)
