@@ -3,6 +3,7 @@ its tests exist, blanking leaves Python with no solution in it, and a malformed 
 error that names the file and line."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,22 @@ def test_the_command_line_writes_the_copy_or_says_what_is_wrong_in_one_line(tmp_
     bad = subprocess.run([*command, str(tmp_path / "t"), "--only", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert bad.stderr.startswith("error: no exercise 'nope' in the catalogue")
+
+
+def test_the_instructors_table_and_each_lessons_exercises_section_name_the_catalogue():
+    readme = (ROOT / "coca_min" / "coursework" / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (\d\d) \| `([\w.]+)` \| `([\w/.]+)` \| (\d+) \| (\d+) \|$", readme, re.M)
+    expected = [(i, Path(e.lesson).name[:2], e.function, e.file, str(e.points), str(e.minutes)) for i, e in EXERCISES.items()]
+    assert rows == expected
+    for source in sorted((ROOT / "lessons" / "src").glob("[0-9][0-9]_*.py")):
+        section = re.sub(r"\n# ?", " ", source.read_text().split("## Exercises", 1)[1])  # one line
+        named = re.findall(r"`(\w+)` \(`", section.split("**Coursework.**", 1)[1]) if "**Coursework.**" in section else []
+        assert named == [i for i, e in EXERCISES.items() if Path(e.lesson).stem == source.stem], source.name
+
+
+def test_splice_finds_a_region_in_a_student_file_that_does_not_parse():
+    broken = "def f():\n    # BEGIN EXERCISE ex\n    return 1)\n    # END EXERCISE\n\n\ndef g(:\n"
+    assert region_text(broken, "ex") == "    return 1)\n"
+    assert splice(broken, "ex", "    return 1\n").startswith("def f():\n    # BEGIN EXERCISE ex\n    return 1\n    # END")
+    with pytest.raises(MarkerError, match=r"no '# END EXERCISE' before the next region"):
+        region_text("    # BEGIN EXERCISE ex\n    x = 1\n    # BEGIN EXERCISE other\n", "ex")

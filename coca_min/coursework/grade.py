@@ -20,14 +20,14 @@ unless one is given), so answers hard-coded from the visible tests do not pass.
 
 import json
 import os
+import queue
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,34 +89,53 @@ def assemble(target: Path, student: Path, graded: str | None, hidden: Path | Non
     return notes
 
 
-def run_test(copy: Path, test: str, seed: int, timeout: float, root: Path = ROOT) -> TestResult:
-    """One test (a pytest node id) in its own process in `copy`."""
-    result_file = Path(tempfile.mkstemp(prefix="grade_", suffix=".json", dir=copy)[1])
-    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", COCA_MIN_GRADE_SEED=str(seed),
-               COCA_MIN_GRADING="1", COCA_MIN_GRADE_RESULT=str(result_file),
-               COCA_MIN_GRADE_EXPECT=str(copy / "coca_min"), COCA_MIN_GRADE_FORBID=str(root / "coca_min"))  # fmt: skip
-    command = [sys.executable, "-m", "pytest", "-q", "-p", PLUGIN, "-p", "no:cacheprovider",
-               "-o", "addopts=", "--rootdir", str(copy), test]  # fmt: skip
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
-    try:
-        output = process.communicate(timeout=timeout)[0].decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the test and anything it started
-        process.communicate()
-        return TestResult(test, "timeout", f"still running after {timeout:g} s: stopped", timeout)
-    seconds = time.perf_counter() - start
-    try:
-        report = json.loads(result_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        tail = " / ".join(line for line in output.splitlines()[-3:] if line.strip())
-        return TestResult(test, "crashed", f"the test process ended with code {process.returncode} "
-                          f"and no result: {tail[:300]}", seconds)  # fmt: skip
-    if report["outcome"] == "passed" and process.returncode != 0:  # e.g. an error after the tests
-        tail = " / ".join(line for line in output.splitlines()[-3:] if line.strip())
-        report = {"outcome": "failed", "message": f"pytest ended with code {process.returncode}: {tail[:300]}"}
-    return TestResult(test, report["outcome"], report["message"], seconds)
+class Runner:
+    """A test runner process (`plugin.py --serve`) that has imported torch once and forks a
+    process per test: without it, importing torch would be most of the grading time."""
+
+    def __init__(self, workdir: Path, threads: int = 1):
+        self.workdir, self.threads = workdir, threads  # torch threads of each test
+        self.process = None
+
+    def run(self, copy: Path, test: str, seed: int, timeout: float, root: Path = ROOT) -> TestResult:
+        """One test (a pytest node id) in its own process in `copy`, at most `timeout` seconds."""
+        if self.process is None or self.process.poll() is not None:
+            script = self.workdir / "_coca_min_runner.py"  # outside the reference package
+            shutil.copy2(Path(__file__).with_name("plugin.py"), script)
+            self.process = subprocess.Popen([sys.executable, str(script), "--serve"],
+                                            cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            start_new_session=True, text=True)  # fmt: skip
+        handle, name = tempfile.mkstemp(prefix="test_", dir=copy)
+        os.close(handle)
+        result, log = Path(name + ".json"), Path(name + ".log")
+        env = {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "COCA_MIN_GRADE_SEED": str(seed),
+               "COCA_MIN_GRADING": "1", "COCA_MIN_GRADE_RESULT": str(result),
+               "COCA_MIN_GRADE_EXPECT": str(copy / "coca_min"), "COCA_MIN_GRADE_FORBID": str(root / "coca_min"),
+               "OMP_NUM_THREADS": str(self.threads)}  # fmt: skip
+        task = {"copy": str(copy), "test": test, "env": env, "log": str(log), "timeout": timeout, "threads": self.threads}
+        self.process.stdin.write(json.dumps(task) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:  # the runner itself died: a new one starts with the next test
+            return TestResult(test, "crashed", "the test runner stopped", 0.0)
+        ended = json.loads(answer)
+        output = log.read_text(errors="replace") if log.is_file() else ""
+        tail = " / ".join(line for line in output.splitlines()[-3:] if line.strip())[:300]
+        if ended["code"] is None:
+            return TestResult(test, "timeout", f"still running after {timeout:g} s: stopped", ended["seconds"])
+        try:
+            report = json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return TestResult(test, "crashed", f"the test process ended with code {ended['code']} and no result: {tail}",
+                              ended["seconds"])  # fmt: skip
+        if report["outcome"] == "passed" and ended["code"] != 0:  # e.g. an error after the tests
+            report = {"outcome": "failed", "message": f"pytest ended with code {ended['code']}: {tail}"}
+        return TestResult(test, report["outcome"], report["message"], ended["seconds"])
+
+    def close(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
 
 
 def hidden_tests(hidden: Path, workdir: Path, student: Path, root: Path = ROOT) -> dict[str, list[str]]:
@@ -141,10 +160,12 @@ def hidden_tests(hidden: Path, workdir: Path, student: Path, root: Path = ROOT) 
             if exercise_id not in EXERCISES:
                 raise ValueError(f"hidden test {node} grades {exercise_id!r}, not in the catalogue: {', '.join(EXERCISES)}")
             by_exercise.setdefault(exercise_id, []).append(node)
-    for node in sorted({n for nodes in by_exercise.values() for n in nodes}):
-        check = run_test(copy, node, 0, 600, root)
+    runner = Runner(workdir)
+    checks = [runner.run(copy, node, 0, 600, root) for node in sorted({n for nodes in by_exercise.values() for n in nodes})]
+    runner.close()
+    for check in checks:
         if check.outcome != "passed":
-            raise ValueError(f"hidden test {node} does not pass on the reference solutions: {check.message}")
+            raise ValueError(f"hidden test {check.test} does not pass on the reference solutions: {check.message}")
     return by_exercise
 
 
@@ -177,16 +198,32 @@ def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, o
             notes[exercise_id] = assemble(copy, student, exercise_id, Path(hidden).resolve() if hidden else None, root)
             work += [(exercise_id, copy, test) for test in tests]
         bar = tqdm(total=len(work), desc="grading", unit="test", disable=not progress)
+        todo = queue.Queue()
+        for item in work:
+            todo.put(item)
 
-        def one(item):
-            result = run_test(item[1], item[2], seed, timeout, root)
-            bar.update()
-            return item[0], result
+        def worker():  # one runner process per job, taking the next test until none is left
+            runner = Runner(workdir, threads=max(1, (os.cpu_count() or 1) // jobs))
+            try:
+                while True:
+                    try:
+                        exercise_id, copy, test = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    graded[exercise_id, test] = runner.run(copy, test, seed, timeout, root)
+                    bar.update()
+            finally:
+                runner.close()
 
-        with ThreadPoolExecutor(jobs) as pool:
-            for exercise_id, result in pool.map(one, work):
-                results.setdefault(exercise_id, []).append(result)
+        graded = {}
+        threads = [threading.Thread(target=worker) for _ in range(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         bar.close()
+        for exercise_id, _, test in work:
+            results.setdefault(exercise_id, []).append(graded[exercise_id, test])
     report = {"student": str(student), "seed": seed, "timeout_s": timeout, "exercises": {}, "total": 0,
               "max": sum(EXERCISES[i].points for i in chosen)}  # fmt: skip
     for exercise_id in chosen:

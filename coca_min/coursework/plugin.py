@@ -12,12 +12,23 @@ The grader writes this file into the copy as `_coca_min_grader.py` and runs
 The result is {"outcome": "passed" | "failed" | "error", "message": the first failure's
 message, "coca_min": the file coca_min was imported from, "tests": how many ran}. Only a run
 in which every test passed is "passed": a skip is not a pass.
+
+Run as a script, `python plugin.py --serve`, the same file is the grader's test runner: it
+imports torch and pytest once (seconds), then for each task it reads on stdin, one JSON line
+{"copy", "test", "env", "log", "timeout", "threads"}, runs that test in a child process forked from itself,
+in the copy's folder with the task's variables, stops it after `timeout` seconds, and answers
+one line {"code": the exit code, or null when stopped, "seconds"}. It never imports coca_min:
+each child imports the copy's.
 """
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 _state = {"outcome": "passed", "message": "", "tests": 0}
 
@@ -29,8 +40,9 @@ def _fail(outcome, message):
 
 def _message(report):
     crash = getattr(report.longrepr, "reprcrash", None)
-    if crash is not None:
-        return crash.message
+    if crash is not None:  # a long message (a child process's traceback): its first and last line
+        lines = [line for line in crash.message.splitlines() if line.strip()] or ["(no message)"]
+        return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
     if isinstance(report.longrepr, tuple):  # a skip: (file, line, reason)
         return report.longrepr[2]
     lines = [line for line in str(report.longrepr).splitlines() if line.strip()]
@@ -87,3 +99,46 @@ def pytest_sessionfinish(session, exitstatus):
     target = os.environ.get("COCA_MIN_GRADE_RESULT")
     if target:
         Path(target).write_text(json.dumps(_state), encoding="utf-8")
+
+
+
+def _run_forked(task: dict) -> dict:
+    """One test in a child forked from this process: its own session, folder and variables."""
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child. Its own session: it and any process it starts are stopped together
+        os.setsid()
+        os.chdir(task["copy"])
+        sys.path[0] = task["copy"]  # the copy's coca_min, the copy's plugin
+        os.environ.update(task["env"])
+        torch.set_num_threads(task.get("threads", 1))  # tests run side by side: no more threads than cores
+        log = os.open(task["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0), os.dup2(log, 1), os.dup2(log, 2)
+        code = pytest.main(["-q", "-p", "_coca_min_grader", "-p", "no:cacheprovider", "-o", "addopts=",
+                            "--rootdir", task["copy"], task["test"]])  # fmt: skip
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(int(code))
+    while time.monotonic() - start < task["timeout"]:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return {"code": os.waitstatus_to_exitcode(status), "seconds": round(time.monotonic() - start, 2)}
+        time.sleep(0.02)
+    try:  # still running: stop the test and anything it started
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended just now
+        pass
+    os.waitpid(pid, 0)
+    return {"code": None, "seconds": round(time.monotonic() - start, 2)}
+
+
+def serve() -> None:
+    """Answer each task line on stdin with one result line on stdout (see the docstring)."""
+    global torch
+    import torch  # the slow import, made once for all the children
+
+    for line in sys.stdin:
+        print(json.dumps(_run_forked(json.loads(line))), flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    serve()

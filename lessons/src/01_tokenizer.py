@@ -249,3 +249,9 @@ print("padding only after [EOS]; id 0 never from text")
 # 3. Open-ended: captions with a word never seen in training ("a purple circle") still encode.
 #    How? What would a word-level vocabulary do instead, and what would the captioner then be
 #    unable to say?
+#
+# **Coursework.** This lesson teaches the graded exercise `bpe_merge` (`_merge` in
+# `coca_min/tokenizer.py`, 5 points, about 10 min). In the student version (`python -m
+# coca_min.coursework make-student`, see `coca_min/coursework/README.md`) its code is blanked;
+# write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the tests named
+# in `coca_min/coursework/exercises.py`.

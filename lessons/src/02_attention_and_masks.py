@@ -203,3 +203,10 @@ print("cross-attention", tuple(x.shape), "attends to", tuple(image_tokens.shape)
 # 3. Open-ended: the [CLS] token sits after the padding, not right after [EOS]. What would
 #    change for its position embedding, and for the text embedding of a caption padded to
 #    different lengths, if it were placed right after [EOS] instead?
+#
+# **Coursework.** This lesson teaches the graded exercises `text_mask` (`causal_padding_mask`
+# in `coca_min/layers.py`, 5 points, about 15 min) and `attention` (`Attention.forward` in
+# `coca_min/layers.py`, 10 points, about 30 min). In the student version (`python -m
+# coca_min.coursework make-student`, see `coca_min/coursework/README.md`) their code is
+# blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the
+# tests named in `coca_min/coursework/exercises.py`.

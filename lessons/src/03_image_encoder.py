@@ -197,3 +197,9 @@ for size, paper in table_1.items():
 # 3. Open-ended: the paper ends its pretraining with one epoch at 576 px after 288 px. The
 #    position embedding has one row per patch of a 288 px image; how would you give it rows
 #    for 576 px, and what should they start as?
+#
+# **Coursework.** This lesson teaches the graded exercise `vit_forward`
+# (`VisionTransformer.forward` in `coca_min/vit.py`, 10 points, about 20 min). In the student
+# version (`python -m coca_min.coursework make-student`, see `coca_min/coursework/README.md`)
+# its code is blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers,
+# and run the tests named in `coca_min/coursework/exercises.py`.

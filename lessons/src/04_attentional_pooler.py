@@ -185,3 +185,9 @@ assert mass >= 1.5 * share
 # 3. Open-ended: the paper found 256 caption queries better than fewer for captioning. On the
 #    tiny data 64 were better than 32 (README). Why might more queries help a captioner but
 #    not a one-vector contrastive embedding?
+#
+# **Coursework.** This lesson teaches the graded exercise `attentional_pooler`
+# (`AttentionalPooler.forward` in `coca_min/pooler.py`, 5 points, about 15 min). In the student
+# version (`python -m coca_min.coursework make-student`, see `coca_min/coursework/README.md`)
+# its code is blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers,
+# and run the tests named in `coca_min/coursework/exercises.py`.

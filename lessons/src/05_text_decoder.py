@@ -204,3 +204,9 @@ print(f"text embedding blind to the image; logits before position {last} unchang
 # 3. Open-ended: the paper uses 12 unimodal and 12 multimodal layers for CoCa-Base. What do you
 #    expect if $n_\text{uni}$ is 1 and $n_\text{multi}$ 23, or the other way round, for
 #    retrieval and for captioning? (§4.5 has an ablation.)
+#
+# **Coursework.** This lesson teaches the graded exercise `cls_token` (`TextDecoder.unimodal`
+# in `coca_min/decoder.py`, 10 points, about 30 min). In the student version (`python -m
+# coca_min.coursework make-student`, see `coca_min/coursework/README.md`) its code is blanked;
+# write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the tests named
+# in `coca_min/coursework/exercises.py`.

@@ -476,3 +476,10 @@ print(f"tokens {tuple(fresh_tokens.shape)}: losses equal; gradients equal on all
 # 3. Write eq. 2 literally (sum over each caption's real tokens, mean over the batch) and find
 #    the $\lambda_\text{Cap}$ that gives, on the section 1 batch, the balance of coca_min's
 #    per-token mean with $\lambda_\text{Cap} = 2$.
+#
+# **Coursework.** This lesson teaches the graded exercises `contrastive_loss`
+# (`contrastive_loss` in `coca_min/losses.py`, 10 points, about 20 min) and `caption_loss`
+# (`caption_loss` in `coca_min/losses.py`, 5 points, about 15 min). In the student version
+# (`python -m coca_min.coursework make-student`, see `coca_min/coursework/README.md`) their
+# code is blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and
+# run the tests named in `coca_min/coursework/exercises.py`.

@@ -475,3 +475,13 @@ print(f"equal to the canonical reference, of these 12: greedy {exact['greedy']},
 #    `min_new` does the short "there is …" caption stop winning?
 # 2. From the shapes printed in section 5, how many bytes does a batch of 8's cache hold after
 #    31 `decode_step` calls (all layers, keys and values)? Check with the tensors' `nbytes`.
+#
+# **Coursework.** This lesson teaches the graded exercises `kv_cache_step`
+# (`TextDecoder.decode_step` in `coca_min/decoder.py`, 10 points, about 40 min),
+# `greedy_decoding` (`extend` in `coca_min/generate.py`, 5 points, about 20 min),
+# `nucleus_sampling` (`sampling_choice.choose` in `coca_min/generate.py`, 5 points, about 20
+# min) and `beam_search` (`beam_search` in `coca_min/generate.py`, 15 points, about 60 min). In
+# the student version (`python -m coca_min.coursework make-student`, see
+# `coca_min/coursework/README.md`) their code is blanked; write it between the `# BEGIN
+# EXERCISE` and `# END EXERCISE` markers, and run the tests named in
+# `coca_min/coursework/exercises.py`.

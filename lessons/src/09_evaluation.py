@@ -662,3 +662,11 @@ print(f"(for comparison: image->text R@1 on 300 test images {retrieval['image_to
 #    constant model's recalls. Why is that a bad way to report a model?
 # 4. For the `swapped_colours` pairs that the contrastive head fails (from `pairs`, `kind_of` and
 #    `head_scores`), are the two cosines nearly tied? Compare the captioner's log p gaps.
+#
+# **Coursework.** This lesson teaches the graded exercises `retrieval_rank`
+# (`wrong_at_least_as_high` in `coca_min/metrics.py`, 5 points, about 15 min), `bleu` (`bleu`
+# in `coca_min/metrics.py`, 10 points, about 40 min) and `cider_d` (`cider_d` in
+# `coca_min/metrics.py`, 10 points, about 45 min). In the student version (`python -m
+# coca_min.coursework make-student`, see `coca_min/coursework/README.md`) their code is
+# blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the
+# tests named in `coca_min/coursework/exercises.py`.

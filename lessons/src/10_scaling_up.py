@@ -657,3 +657,9 @@ print("--batch-size 1024, pairs per micro-batch:", "; ".join(f"{n} processes, --
 #    80 GB with DDP, FSDP over 8 GPUs, and FSDP with checkpointing.
 # 3. With 16-token texts (`forward_flops(config, T=16)`), what MFU would the reported 1,011
 #    images/s of CoCa-Base be?
+#
+# **Coursework.** This lesson teaches the graded exercise `all_gather_backward`
+# (`AllGatherWithGrad.backward` in `coca_min/distributed.py`, 10 points, about 30 min). In the
+# student version (`python -m coca_min.coursework make-student`, see
+# `coca_min/coursework/README.md`) its code is blanked; write it between the `# BEGIN EXERCISE`
+# and `# END EXERCISE` markers, and run the tests named in `coca_min/coursework/exercises.py`.
