@@ -207,3 +207,20 @@ def test_splice_finds_a_region_in_a_student_file_that_does_not_parse():
     assert splice(broken, "ex", "    return 1\n").startswith("def f():\n    # BEGIN EXERCISE ex\n    return 1\n    # END")
     with pytest.raises(MarkerError, match=r"no '# END EXERCISE' before the next region"):
         region_text("    # BEGIN EXERCISE ex\n    x = 1\n    # BEGIN EXERCISE other\n", "ex")
+
+
+def test_the_grader_refuses_what_is_not_a_student_copy_in_one_line(tmp_path):
+    from coca_min.coursework.grade import grade
+
+    with pytest.raises(ValueError, match=r"holds no coca_min package"):
+        grade(tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"is the reference repository itself"):
+        grade(ROOT, progress=False)
+    (tmp_path / "coca_min").mkdir()
+    (tmp_path / "coca_min" / "__init__.py").write_text("")
+    with pytest.raises(ValueError, match=r"no exercise 'blue' in the catalogue"):
+        grade(tmp_path, only=["blue"], progress=False)
+    command = [sys.executable, "-m", "coca_min.coursework", "grade", str(tmp_path / "nowhere")]
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} holds no coca_min package "
+                                                                       f"(expected {tmp_path / 'nowhere' / 'coca_min' / '__init__.py'})"]

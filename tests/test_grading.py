@@ -133,6 +133,9 @@ def test_hidden_tests_are_added_to_their_exercise_and_checked_on_the_reference(s
     (hidden / "test_extra.py").write_text("def test_unmarked():\n    pass\n")
     with pytest.raises(ValueError, match=r"test_unmarked names no exercise: mark it @pytest.mark.grades"):
         grade(copy, hidden=hidden, seed=SEED, only=["bleu"], progress=False)
+    (hidden / "test_extra.py").write_text("def test_broken(:\n")
+    with pytest.raises(ValueError, match=r"could not collect the hidden tests: .*SyntaxError"):
+        grade(copy, hidden=hidden, seed=SEED, only=["bleu"], progress=False)
     (hidden / "test_extra.py").write_text("import pytest\n\n@pytest.mark.grades('bleu')\ndef test_wrong():\n    assert 1 == 2\n")
     with pytest.raises(ValueError, match=r"test_wrong does not pass on the reference solutions"):
         grade(copy, hidden=hidden, seed=SEED, only=["bleu"], progress=False)

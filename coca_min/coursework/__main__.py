@@ -31,6 +31,9 @@ def main(argv=None):
         except ValueError as error:
             sys.exit(f"error: {error}")
         print(table(report))
+        for exercise_id, result in report["exercises"].items():
+            for note in result["notes"]:
+                print(f"note: {note}")
         print(f"report: {args.out}")
         return
     from .student import make_student

@@ -138,7 +138,7 @@ class Runner:
             self.process.wait()
 
 
-def hidden_tests(hidden: Path, workdir: Path, student: Path, root: Path = ROOT) -> dict[str, list[str]]:
+def hidden_tests(hidden: Path, workdir: Path, timeout: float, root: Path = ROOT) -> dict[str, list[str]]:
     """{exercise id: [node ids]} of the instructor's tests in `hidden`, each marked
     `@pytest.mark.grades("<id>")`. Each must pass on the reference solutions."""
     if not hidden.is_dir() or not any(hidden.rglob("test_*.py")):
@@ -147,11 +147,12 @@ def hidden_tests(hidden: Path, workdir: Path, student: Path, root: Path = ROOT) 
     assemble(copy, root, None, hidden, root)  # every exercise the reference's
     marks_file = copy / "hidden_marks.json"
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", COCA_MIN_GRADE_COLLECT=str(marks_file))
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", PLUGIN, "-p", "no:cacheprovider",
-                    "-o", "addopts=", "--rootdir", str(copy), "tests/hidden"], cwd=copy, env=env,
-                   capture_output=True)  # fmt: skip
-    if not marks_file.is_file():
-        raise ValueError(f"--hidden {hidden}: pytest could not collect the hidden tests")
+    collected = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", PLUGIN,
+                                "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(copy), "tests/hidden"],
+                               cwd=copy, env=env, capture_output=True, text=True)  # fmt: skip
+    if collected.returncode != 0 or not marks_file.is_file():
+        errors = [line for line in collected.stdout.splitlines() if line.startswith(("E ", "ERROR"))]
+        raise ValueError(f"--hidden {hidden}: pytest could not collect the hidden tests: {' / '.join(errors[:3])}")
     by_exercise = {}
     for node, ids in json.loads(marks_file.read_text()).items():
         if not ids:
@@ -161,7 +162,7 @@ def hidden_tests(hidden: Path, workdir: Path, student: Path, root: Path = ROOT) 
                 raise ValueError(f"hidden test {node} grades {exercise_id!r}, not in the catalogue: {', '.join(EXERCISES)}")
             by_exercise.setdefault(exercise_id, []).append(node)
     runner = Runner(workdir)
-    checks = [runner.run(copy, node, 0, 600, root) for node in sorted({n for nodes in by_exercise.values() for n in nodes})]
+    checks = [runner.run(copy, node, 0, timeout, root) for node in sorted({n for nodes in by_exercise.values() for n in nodes})]
     runner.close()
     for check in checks:
         if check.outcome != "passed":
@@ -186,7 +187,7 @@ def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, o
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="coca_min_grade_") as workdir:
         workdir = Path(workdir)
-        extra = hidden_tests(Path(hidden).resolve(), workdir, student, root) if hidden else {}
+        extra = hidden_tests(Path(hidden).resolve(), workdir, timeout, root) if hidden else {}
         work, results, notes = [], {}, {}
         for exercise_id in chosen:
             tests = list(EXERCISES[exercise_id].tests) + extra.get(exercise_id, [])
