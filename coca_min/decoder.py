@@ -58,7 +58,12 @@ class TextDecoder(nn.Module):
             self.lm_head.weight = self.token_embedding.weight  # one (V, D) matrix for both
 
     def unimodal(self, tokens):
-        """Text alone: (B, T) token ids -> text embedding (B, E), unit norm; token features (B, T, D)."""
+        """Text alone: (B, T) token ids -> text embedding (B, E), unit norm; token features (B, T, D).
+
+        A learned [CLS] is appended after the last position (after any padding), with no
+        position embedding; the unimodal layers run causally, padding masked out
+        (`causal_padding_mask`). The [CLS] output, layer-normed and projected, is the text
+        embedding; the other positions' outputs are the token features for the multimodal half."""
         # BEGIN EXERCISE cls_token
         B, T = tokens.shape
         x = self.token_embedding(tokens) + self.pos_embedding[:T]  # (B, T, D)

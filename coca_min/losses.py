@@ -39,7 +39,9 @@ def contrastive_loss(image_embedding, text_embedding, logit_scale):
 
 
 def caption_loss(logits, targets, pad_id):
-    """Cross-entropy over non-padding targets: logits (B, T, V), targets (B, T) -> scalar."""
+    """Cross-entropy over non-padding targets: logits (B, T, V), targets (B, T) -> scalar, the
+    mean over the real (non-`pad_id`) target tokens of the whole batch (not a mean of each
+    caption's mean). Computed in at least float32 (float64 stays float64); all padding gives 0."""
     if logits.shape[:2] != targets.shape:
         raise ValueError(
             f"logits (batch, positions, vocab) {tuple(logits.shape)} do not match targets "

@@ -72,7 +72,12 @@ def ngrams(words, n_max=4) -> Counter:
 
 
 def bleu(candidates, references, n_max=4) -> list[float]:
-    """Corpus BLEU-1..n_max. candidates: list of str; references: list of lists of str."""
+    """Corpus BLEU-1..n_max, as pycocoevalcap computes it. candidates: list of str; references:
+    list of lists of str. Words by `caption_words`. BLEU-n is the geometric mean of the clipped
+    1..n-gram precisions over the corpus (a candidate n-gram counts at most as often as in the
+    reference that has it most; smoothed as (correct + 1e-15) / (total + 1e-9)), times the
+    brevity penalty exp(1 - r / c) when c < r, where c is the candidates' total length and r
+    sums, per image, the reference length closest to its candidate's (the shorter on a tie)."""
     # BEGIN EXERCISE bleu
     correct, total = [0] * n_max, [0] * n_max
     cand_len = ref_len = 0
@@ -100,7 +105,11 @@ def bleu(candidates, references, n_max=4) -> list[float]:
 
 
 def cider_d(candidates, references, n_max=4, sigma=6.0) -> float:
-    """CIDEr-D, mean over images, as pycocoevalcap computes it."""
+    """CIDEr-D, mean over images, as pycocoevalcap computes it. Per n = 1..n_max: TF-IDF vectors
+    of n-gram counts, the document frequency counted over the images' references only; the
+    candidate's weights clipped at the reference's, cosine-like similarity (divided by both
+    norms), times exp(-(l_c - l_r)² / 2σ²) where l is the number of bigrams; averaged over n
+    and the references, times 10."""
     # BEGIN EXERCISE cider_d
     cand_grams = [ngrams(caption_words(c), n_max) for c in candidates]
     ref_grams = [[ngrams(caption_words(r), n_max) for r in refs] for refs in references]

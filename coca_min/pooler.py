@@ -38,6 +38,8 @@ class AttentionalPooler(nn.Module):
         nn.init.normal_(self.queries, std=self.query_std)
 
     def forward(self, context):  # (B, N, context_dim) -> (B, n_queries, dim)
+        """The learned queries attend to the layer-normed tokens (one cross-attention, every
+        query sees all N); the result is layer-normed."""
         # BEGIN EXERCISE attentional_pooler
         queries = self.queries.expand(context.shape[0], -1, -1)  # (B, n_queries, dim)
         pooled = self.attn(queries, context=self.ln_context(context))  # every query sees all N

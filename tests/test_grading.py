@@ -134,7 +134,7 @@ def test_hidden_tests_are_added_to_their_exercise_and_checked_on_the_reference(s
     with pytest.raises(ValueError, match=r"test_unmarked names no exercise: mark it @pytest.mark.grades"):
         grade(copy, hidden=hidden, seed=SEED, only=["bleu"], progress=False)
     (hidden / "test_extra.py").write_text("def test_broken(:\n")
-    with pytest.raises(ValueError, match=r"could not collect the hidden tests: .*SyntaxError"):
+    with pytest.raises(ValueError, match=rf"could not collect the hidden tests: File \"{hidden}/test_extra.py\", line 1 / SyntaxError"):
         grade(copy, hidden=hidden, seed=SEED, only=["bleu"], progress=False)
     (hidden / "test_extra.py").write_text("import pytest\n\n@pytest.mark.grades('bleu')\ndef test_wrong():\n    assert 1 == 2\n")
     with pytest.raises(ValueError, match=r"test_wrong does not pass on the reference solutions"):
@@ -158,6 +158,24 @@ def test_in_the_plain_student_copy_only_the_blanked_exercises_tests_fail(tmp_pat
             skipped[node] = case.find("skipped").get("message")
         else:
             passed.add(node)
-    grading = {t for i in blanked for t in EXERCISES[i].tests if t.split("::")[0] in files}
+    grading = {t.split("[")[0] for i in blanked for t in EXERCISES[i].tests if t.split("::")[0] in files}
     assert failed == grading
     assert passed and all("waits for exercise" in reason for reason in skipped.values()), skipped
+
+
+@pytest.mark.coursework
+def test_a_file_broken_outside_the_exercises_costs_the_exercises_that_import_it(student, tmp_path):
+    copy = copy_of(student, tmp_path)
+    for exercise_id in ["bpe_merge", "cider_d"]:
+        put(copy, exercise_id, reference_code(exercise_id))
+    metrics = copy / "coca_min" / "metrics.py"
+    text = metrics.read_text()
+    assert text.count("def caption_words(text: str) -> list[str]:") == 1
+    metrics.write_text(text.replace("def caption_words(text: str) -> list[str]:", "def caption_words(text: str) -> list[str]"))
+    line = text[: text.index("def caption_words")].count("\n") + 1
+    report = grade(copy, seed=SEED, only=["bpe_merge", "cider_d"], progress=False)
+    assert points(report) == {"bpe_merge": 5, "cider_d": 0}
+    assert "SyntaxError: expected ':' (coca_min/metrics.py, line" in report["exercises"]["cider_d"]["first_failure"]
+    assert report["exercises"]["bpe_merge"]["notes"] == [
+        f"the student's coca_min/metrics.py does not parse outside the exercises (line {line}: expected ':'): "
+        "every test that imports it fails"]  # fmt: skip

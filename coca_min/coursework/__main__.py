@@ -3,6 +3,7 @@ python -m coca_min.coursework grade STUDENT_DIR [--hidden DIR] [--out grade.json
 
 import argparse
 import sys
+from pathlib import Path
 
 from .exercises import EXERCISES
 from .markers import MarkerError
@@ -17,7 +18,7 @@ def main(argv=None):
     grader = commands.add_parser("grade", help="grade a student's copy with the reference tests, one exercise at a time")
     grader.add_argument("student", help="the student's copy of the repository (made by make-student)")
     grader.add_argument("--hidden", metavar="DIR", help="a folder of extra test_*.py files, each test marked @pytest.mark.grades(\"<id>\")")
-    grader.add_argument("--out", metavar="FILE", default="grade.json", help="the JSON report (default: grade.json)")
+    grader.add_argument("--out", metavar="FILE", help="the JSON report (default: STUDENT_DIR.grade.json, beside the folder)")
     grader.add_argument("--only", nargs="+", metavar="ID", help="grade these exercises only (default: all)")
     grader.add_argument("--seed", type=int, help="the seed of the tests' random inputs (default: a new one, in the report)")
     grader.add_argument("--timeout", type=float, default=120.0, help="seconds each test may run (default: 120)")
@@ -26,15 +27,16 @@ def main(argv=None):
     if args.command == "grade":
         from .grade import grade, table
 
+        out = args.out or str(Path(args.student).resolve().with_name(Path(args.student).resolve().name + ".grade.json"))
         try:
-            report = grade(args.student, args.hidden, args.out, args.seed, args.timeout, args.jobs, args.only)
+            report = grade(args.student, args.hidden, out, args.seed, args.timeout, args.jobs, args.only)
         except ValueError as error:
             sys.exit(f"error: {error}")
         print(table(report))
         for exercise_id, result in report["exercises"].items():
             for note in result["notes"]:
                 print(f"note: {note}")
-        print(f"report: {args.out}")
+        print(f"report: {out}")
         return
     from .student import make_student
 

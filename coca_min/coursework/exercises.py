@@ -80,7 +80,8 @@ EXERCISES = {
     ),
     "all_gather_backward": Exercise(
         "coca_min/distributed.py", "AllGatherWithGrad.backward", "lessons/10_scaling_up.ipynb", points=10, minutes=30,
-        tests=_t("test_distributed.py", "test_distributed_loss_and_gradients_equal_single_process")
+        tests=_t("test_distributed.py", "test_distributed_loss_and_gradients_equal_single_process[2-1]",
+                 "test_distributed_loss_and_gradients_equal_single_process[2-2]")
         + _t("test_exercises.py", "test_all_gather_gradient_is_the_sum_of_every_ranks_loss"),
     ),
     "greedy_decoding": Exercise(

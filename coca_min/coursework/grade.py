@@ -18,6 +18,7 @@ random inputs from COCA_MIN_GRADE_SEED, which the grader sets (a new seed for ev
 unless one is given), so answers hard-coded from the visible tests do not pass.
 """
 
+import ast
 import json
 import os
 import queue
@@ -86,6 +87,19 @@ def assemble(target: Path, student: Path, graded: str | None, hidden: Path | Non
             file.write_text(splice(file.read_text(encoding="utf-8"), exercise_id, reference, exercise.file), encoding="utf-8")
         except (MarkerError, OSError) as error:
             notes.append(f"{exercise_id}: the reference solution could not be put in ({error})")
+    graded_file = EXERCISES[graded].file if graded else None
+    for path in sorted((target / "coca_min").rglob("*.py")):
+        name = path.relative_to(target).as_posix()
+        try:
+            ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError as error:  # outside every region but the graded one: the student's file is broken
+            if name != graded_file:
+                try:  # the line in the student's own file (the copy's lines move with the solutions put in)
+                    ast.parse((student / name).read_text(encoding="utf-8", errors="replace"))
+                except SyntaxError as own:
+                    error = own
+                notes.append(f"the student's {name} does not parse outside the exercises (line {error.lineno}: "
+                             f"{error.msg}): every test that imports it fails")  # fmt: skip
     return notes
 
 
@@ -141,7 +155,9 @@ class Runner:
 def hidden_tests(hidden: Path, workdir: Path, timeout: float, root: Path = ROOT) -> dict[str, list[str]]:
     """{exercise id: [node ids]} of the instructor's tests in `hidden`, each marked
     `@pytest.mark.grades("<id>")`. Each must pass on the reference solutions."""
-    if not hidden.is_dir() or not any(hidden.rglob("test_*.py")):
+    if not hidden.is_dir():
+        raise ValueError(f"--hidden {hidden}: no such folder")
+    if not any(hidden.rglob("test_*.py")):
         raise ValueError(f"--hidden {hidden}: no test_*.py files in that folder")
     copy = workdir / "reference"
     assemble(copy, root, None, hidden, root)  # every exercise the reference's
@@ -151,8 +167,11 @@ def hidden_tests(hidden: Path, workdir: Path, timeout: float, root: Path = ROOT)
                                 "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(copy), "tests/hidden"],
                                cwd=copy, env=env, capture_output=True, text=True)  # fmt: skip
     if collected.returncode != 0 or not marks_file.is_file():
-        errors = [line for line in collected.stdout.splitlines() if line.startswith(("E ", "ERROR"))]
-        raise ValueError(f"--hidden {hidden}: pytest could not collect the hidden tests: {' / '.join(errors[:3])}")
+        errors = [line[1:].strip() for line in collected.stdout.splitlines() if line.startswith("E ")]
+        places = [line for line in errors if line.startswith("File ")]
+        said = " / ".join((places[:1] + errors[-1:]) or ["(no message)"])
+        said = said.replace(str(copy / "tests" / "hidden"), str(hidden))  # the instructor's paths
+        raise ValueError(f"--hidden {hidden}: pytest could not collect the hidden tests: {said}")
     by_exercise = {}
     for node, ids in json.loads(marks_file.read_text()).items():
         if not ids:
@@ -166,7 +185,8 @@ def hidden_tests(hidden: Path, workdir: Path, timeout: float, root: Path = ROOT)
     runner.close()
     for check in checks:
         if check.outcome != "passed":
-            raise ValueError(f"hidden test {check.test} does not pass on the reference solutions: {check.message}")
+            test = check.test.replace("tests/hidden/", f"{hidden}/", 1)
+            raise ValueError(f"hidden test {test} does not pass on the reference solutions: {check.message}")
     return by_exercise
 
 
@@ -198,7 +218,7 @@ def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, o
             copy = workdir / exercise_id
             notes[exercise_id] = assemble(copy, student, exercise_id, Path(hidden).resolve() if hidden else None, root)
             work += [(exercise_id, copy, test) for test in tests]
-        bar = tqdm(total=len(work), desc="grading", unit="test", disable=not progress)
+        bar = tqdm(total=len(work), desc="grading", unit="test", disable=None if progress else True)  # None: not in a log
         todo = queue.Queue()
         for item in work:
             todo.put(item)
@@ -225,7 +245,7 @@ def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, o
         bar.close()
         for exercise_id, _, test in work:
             results.setdefault(exercise_id, []).append(graded[exercise_id, test])
-    report = {"student": str(student), "seed": seed, "timeout_s": timeout, "exercises": {}, "total": 0,
+    report = {"student": str(student), "reference": str(root), "seed": seed, "timeout_s": timeout, "exercises": {}, "total": 0,
               "max": sum(EXERCISES[i].points for i in chosen)}  # fmt: skip
     for exercise_id in chosen:
         tests = results[exercise_id]
@@ -259,4 +279,5 @@ def table(report) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"total {report['total']}/{report['max']} points (seed {report['seed']}, {report['seconds']:.0f} s)")
+    lines.append(f"graded with the tests and reference solutions of {report['reference']}")
     return "\n".join(line.rstrip() for line in lines)

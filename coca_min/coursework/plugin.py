@@ -23,6 +23,7 @@ each child imports the copy's.
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -38,16 +39,28 @@ def _fail(outcome, message):
         _state.update(outcome=outcome, message=" ".join(str(message).split())[:400])
 
 
+def _where(text):
+    """ "coca_min/metrics.py, line 60" for the last file of the copy that a traceback names."""
+    places = re.findall(r'File "([^"]+)", line (\d+)', text)  # in the order the traceback goes
+    ours = [(f, n) for f, n in places if "coca_min/" in f and "site-packages" not in f]
+    if not ours:
+        return ""
+    file, line = ours[-1]
+    return f" ({os.path.relpath(file) if os.path.isabs(file) else file}, line {line})"
+
+
 def _message(report):
-    crash = getattr(report.longrepr, "reprcrash", None)
-    if crash is not None:  # a long message (a child process's traceback): its first and last line
-        lines = [line for line in crash.message.splitlines() if line.strip()] or ["(no message)"]
-        return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
     if isinstance(report.longrepr, tuple):  # a skip: (file, line, reason)
         return report.longrepr[2]
-    lines = [line for line in str(report.longrepr).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("E ")]
-    return (errors or lines or ["(no message)"])[-1]
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None and "Traceback" not in crash.message:
+        lines = [line for line in crash.message.splitlines() if line.strip()] or ["(no message)"]
+        return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    text = str(report.longrepr)  # a traceback (a child process's, or an import's): its last error
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E ")] or lines or ["(no message)"]
+    last = errors[-1].removeprefix("E").strip()
+    return last + (_where(text) if "Error" in last and "coca_min" in text else "")
 
 
 def pytest_configure(config):
