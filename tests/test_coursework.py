@@ -184,7 +184,7 @@ def test_the_command_line_writes_the_copy_or_says_what_is_wrong_in_one_line(tmp_
     command = [sys.executable, "-m", "coca_min.coursework", "make-student"]
     ok = subprocess.run([*command, str(tmp_path / "s"), "--only", "bpe_merge"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "1 exercise blanked" in ok.stdout and "coca_min/tokenizer.py: bpe_merge" in ok.stdout
-    assert "note: lessons/01_tokenizer.ipynb writes a blanked solution's code from scratch" in ok.stdout
+    assert "note:" not in ok.stdout  # no lesson writes a solution line for line
     bad = subprocess.run([*command, str(tmp_path / "t"), "--only", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert bad.stderr.startswith("error: no exercise 'nope' in the catalogue")
@@ -224,3 +224,22 @@ def test_the_grader_refuses_what_is_not_a_student_copy_in_one_line(tmp_path):
     bad = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} holds no coca_min package "
                                                                        f"(expected {tmp_path / 'nowhere' / 'coca_min' / '__init__.py'})"]
+
+
+def test_a_lesson_that_writes_a_solution_line_for_line_is_reported_not_refused(tmp_path):
+    root = tmp_path / "repo"  # not a git checkout: every file is copied
+    (root / "coca_min").mkdir(parents=True)
+    (root / "lessons" / "src").mkdir(parents=True)
+    tokenizer = (ROOT / "coca_min" / "tokenizer.py").read_text()
+    (root / "coca_min" / "tokenizer.py").write_text(tokenizer)
+    solution = region_text(tokenizer, "bpe_merge")
+    (root / "lessons" / "src" / "01_tokenizer.py").write_text("def merge(ids, pair, new_id):\n" + solution)
+    done = make_student(tmp_path / "student", only=["bpe_merge"], root=root)
+    assert list(done["lessons_showing_solutions"]) == ["lessons/src/01_tokenizer.py"]
+    assert done["lessons_showing_solutions"]["lessons/src/01_tokenizer.py"].startswith("out, i = [], 0 / while i < len(ids):")
+    assert "raise NotImplementedError" in (tmp_path / "student" / "coca_min" / "tokenizer.py").read_text()
+
+
+def test_no_lesson_or_other_file_of_the_student_version_holds_a_solution(tmp_path):
+    done = make_student(tmp_path / "student")
+    assert done["lessons_showing_solutions"] == {}
