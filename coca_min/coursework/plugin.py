@@ -53,7 +53,7 @@ def _message(report):
     if isinstance(report.longrepr, tuple):  # a skip: (file, line, reason)
         return report.longrepr[2]
     crash = getattr(report.longrepr, "reprcrash", None)
-    if crash is not None and "Traceback" not in crash.message:
+    if crash is not None and "Traceback" not in crash.message and 'File "' not in crash.message:
         lines = [line for line in crash.message.splitlines() if line.strip()] or ["(no message)"]
         return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
     text = str(report.longrepr)  # a traceback (a child process's, or an import's): its last error
