@@ -190,6 +190,13 @@ def hidden_tests(hidden: Path, workdir: Path, timeout: float, root: Path = ROOT)
     return by_exercise
 
 
+def first_failure(result: TestResult) -> str:
+    """ "test_name[case]: message", the case said once."""
+    name = result.test.split("::")[-1]
+    case = name[name.index("[") :] if "[" in name else None
+    return f"{name}: {result.message.removeprefix(case + ' ') if case else result.message}"
+
+
 def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, only=None, root=ROOT,
           progress=True) -> dict:  # fmt: skip
     """Grade the student's repository copy `student`. -> the report (also written to `out`)."""
@@ -257,7 +264,7 @@ def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, o
             "max_points": EXERCISES[exercise_id].points,
             "passed": len(tests) - len(failures),
             "failed": len(failures),
-            "first_failure": f"{failures[0].test.split('::')[-1]}: {failures[0].message}" if failures else "",
+            "first_failure": first_failure(failures[0]) if failures else "",
             "notes": notes.get(exercise_id, []),
             "tests": [vars(t) for t in tests],
         }
