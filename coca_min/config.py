@@ -8,6 +8,9 @@ Table 1 counts the image encoder (the ViT) and the text decoder; the two attenti
 the image projection come on top. The counts in the comments below were measured with
 `count_parameters` in `coca_min/model.py` and are checked by `tests/test_config.py`.
 
+Initialisation: the paper does not state it. The paper sizes (and `small`) start as transformers
+usually do (`init="standard"`); `tiny` keeps the start tuned for it (`init="tuned"`, see below).
+
 Left out: dropout and stochastic depth (the paper trains without them at this scale), and the
 one epoch at 576 px that ends the paper's pretraining (change `image_size` and interpolate the
 position embedding).
@@ -41,6 +44,14 @@ class CoCaConfig:
     tie_embeddings: bool = False  # share the input embedding and the LM head (the `coca` size)
     # --- shared embedding space of the contrastive loss ---
     embed_dim: int = 128
+    # --- initialisation (`CoCa.reset_parameters`) ---
+    # "tuned": this project's start for narrow models (layers.init_weights): Linear std 1/√fan_in,
+    # the ViT's position embedding at std 1, the caption queries at std 3 (tiny learns where
+    # things are, and binds attributes, several times faster). "standard": the usual transformer
+    # start (BERT, ViT, GPT-2; layers.standard_init_weights): truncated normal std 0.02 (cut at
+    # ±2σ) for every weight matrix, embedding, position embedding and query, zero biases,
+    # LayerNorm at ones and zeros. Both start the temperature at 1/0.07.
+    init: str = "tuned"
     # --- special tokens: ids 0, 1, 2 are reserved and never stand for real text ---
     pad_id: int = 0
     bos_id: int = 1
@@ -59,6 +70,8 @@ class CoCaConfig:
         ]:
             if width % heads:
                 raise ValueError(f"{what} width {width} must be divisible by its {heads} heads")
+        if self.init not in ("tuned", "standard"):
+            raise ValueError(f"init must be 'tuned' or 'standard', got {self.init!r}")
         if self.pooler_mode not in ("cascade", "parallel"):
             raise ValueError(f"pooler_mode must be 'cascade' or 'parallel', got {self.pooler_mode!r}")
         specials = (self.pad_id, self.bos_id, self.eos_id)
@@ -91,7 +104,7 @@ def _paper_size(width, heads, vision_layers, vision_mlp, n_uni, text_mlp, tie_em
         n_caption_queries=256, pooler_heads=heads,
         vocab_size=64000, context_length=64,
         text_width=width, text_heads=heads, n_uni=n_uni, n_multi=n_uni, text_mlp=text_mlp,
-        tie_embeddings=tie_embeddings, embed_dim=width,
+        tie_embeddings=tie_embeddings, embed_dim=width, init="standard",
     )  # fmt: skip
 
 
@@ -107,6 +120,7 @@ PRESETS: dict[str, CoCaConfig] = {
         n_caption_queries=64, pooler_heads=6,
         vocab_size=32000, context_length=64,
         text_width=384, text_heads=6, n_uni=6, n_multi=6, text_mlp=1536, embed_dim=384,
+        init="standard",
     ),  # fmt: skip
     # base: encoder 86.0M + decoder 297.4M = 383.4M; poolers 5.5M; total 388.9M parameters
     "base": _paper_size(768, 12, vision_layers=12, vision_mlp=3072, n_uni=12, text_mlp=3072),

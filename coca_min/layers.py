@@ -137,3 +137,19 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
     elif hasattr(module, "reset_parameters"):
         module.reset_parameters()
+
+
+def standard_init_weights(module: nn.Module) -> None:
+    """Initialise one module's own parameters the usual transformer way (BERT, ViT, GPT-2): a
+    normal with std 0.02, truncated at ±2σ, for weight matrices, embeddings and coca_min's own
+    position embeddings, [CLS] and queries; zero biases; LayerNorm at ones and zeros."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif hasattr(module, "reset_parameters"):
+        module.reset_parameters()  # LayerNorm; in the decoder this also ties the LM head again
+        if not isinstance(module, nn.LayerNorm):  # coca_min's modules: position embeddings, queries
+            for parameter in module.parameters(recurse=False):
+                nn.init.trunc_normal_(parameter, std=0.02, a=-0.04, b=0.04)
+

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .config import CoCaConfig
 from .decoder import TextDecoder
-from .layers import init_weights
+from .layers import init_weights, standard_init_weights
 from .pooler import AttentionalPooler
 from .vit import VisionTransformer
 
@@ -55,9 +55,10 @@ class CoCa(nn.Module):
     def reset_parameters(self):
         """(Re)initialise every parameter, e.g. after building on the meta device:
         `with torch.device("meta"): m = CoCa(c)`, then `m.to_empty(device="cuda").reset_parameters()`."""
+        init = init_weights if self.config.init == "tuned" else standard_init_weights  # see CoCaConfig.init
         for module in self.modules():
             if module is not self:
-                init_weights(module)  # each module's own parameters (this ties the LM head again)
+                init(module)  # each module's own parameters (this ties the LM head again)
         with torch.no_grad():
             self.log_logit_scale.fill_(math.log(1 / 0.07))
 

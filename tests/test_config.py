@@ -1,5 +1,7 @@
 """Presets reproduce the paper's Table 1 parameter counts; the comments beside them are true."""
 
+import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -80,3 +82,60 @@ def test_inconsistent_config_is_refused(bad, words):
 
 def test_config_differences_names_the_fields():
     assert PRESETS["tiny"].differences(CoCaConfig(vision_layers=6)) == {"vision_layers": (4, 6)}
+
+
+def weight_tensors(model):
+    """(name, tensor) of every weight matrix, embedding, position embedding, [CLS] and query."""
+    for name, p in model.named_parameters():
+        if p.dim() >= 2 and ".ln" not in name and not name.startswith("ln"):
+            yield name, p.detach()
+
+
+TRUNCATED_STD = 0.02 * 0.8796  # a normal with std 0.02 cut at ±2σ keeps std 0.02 · 0.8796
+
+
+@pytest.mark.parametrize("name", ["small", "base", "large", "coca"])
+def test_the_paper_sizes_start_with_the_standard_transformer_initialisation(name):
+    # the preset's own scheme on a narrow copy (one layer each, width 256): std 0.02 does not
+    # depend on the width, and the full models would take gigabytes
+    assert PRESETS[name].init == "standard"
+    torch.manual_seed(0)
+    narrow = dataclasses.replace(
+        PRESETS[name], vision_width=256, text_width=256, embed_dim=256, vision_heads=4, text_heads=4,
+        pooler_heads=4, vision_mlp=512, text_mlp=512, vision_layers=1, n_uni=1, n_multi=1, vocab_size=1000,
+        image_size=4 * PRESETS[name].patch_size, n_caption_queries=16,
+    )  # fmt: skip
+    model = CoCa(narrow)
+    for tensor_name, w in weight_tensors(model):
+        assert w.abs().max() <= 0.04 + 1e-7, tensor_name  # truncated at 2σ
+        if w.numel() >= 4096:  # enough numbers for a 5% check of the spread
+            assert abs(w.std().item() / TRUNCATED_STD - 1) < 0.05, (tensor_name, w.std().item())
+            assert abs(w.mean().item()) < 0.002, tensor_name
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), module_name
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)) and not module.bias.any(), module_name
+    assert model.log_logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    if narrow.tie_embeddings:
+        assert model.text_decoder.lm_head.weight is model.text_decoder.token_embedding.weight
+
+
+def test_the_tiny_preset_keeps_its_tuned_initialisation():
+    assert PRESETS["tiny"].init == "tuned" and CoCaConfig().init == "tuned"
+    torch.manual_seed(0)
+    model = CoCa(PRESETS["tiny"])
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.numel() >= 4096:  # std 1/√fan_in
+            assert abs(module.weight.std().item() * module.in_features**0.5 - 1) < 0.05, module_name
+    std = {name: p.std().item() for name, p in model.named_parameters() if p.numel() > 1}
+    assert std["image_encoder.pos_embed"] == pytest.approx(1.0, rel=0.05)  # 36 x 64: where a patch is
+    assert std["caption_pooler.queries"] == pytest.approx(3.0, rel=0.05)  # 64 x 128: queries that differ
+    assert std["text_decoder.token_embedding.weight"] == pytest.approx(0.02, rel=0.05)
+    assert std["text_decoder.pos_embedding"] == pytest.approx(0.01, rel=0.1)
+    assert model.log_logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+
+
+def test_an_unknown_initialisation_is_refused():
+    with pytest.raises(ValueError, match=r"init must be 'tuned' or 'standard', got 'xavier'"):
+        CoCaConfig(init="xavier")
