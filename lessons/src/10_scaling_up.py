@@ -19,6 +19,7 @@
 # simulated in this process, and the big models are built on the *meta* device (shapes only).
 
 # %%
+import dataclasses
 import math
 import os
 import subprocess
@@ -36,6 +37,7 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 from torch.utils.flop_counter import FlopCounterMode
 
 import coca_min
+import coca_min.flops
 from coca_min import PRESETS, CoCa, count_parameters
 from coca_min import distributed as D
 from coca_min.layers import Block
@@ -491,11 +493,12 @@ def forward_flops(c, T=None):
     T = c.context_length if T is None else T
     N, Dv, D, S, E, V = c.n_image_tokens, c.vision_width, c.text_width, c.n_caption_queries, c.embed_dim, c.vocab_size
     block = lambda n, d, m: 2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d  # projections and MLP; QKᵀ and AV
-    source = D if c.pooler_mode == "cascade" else Dv  # what the contrastive pooler reads
+    # what the contrastive pooler reads: the caption pooler's S outputs, or the ViT's N tokens
+    n_source, source = (S, D) if c.pooler_mode == "cascade" else (N, Dv)
     return {
         "image encoder": 2 * N * 3 * c.patch_size**2 * Dv + c.vision_layers * block(N, Dv, c.vision_mlp),
         "poolers": (2 * S * 2 * D * D + 2 * N * 2 * Dv * D + 4 * S * N * D  # caption pooler
-                    + 2 * 2 * D * D + 2 * S * 2 * source * D + 4 * S * D + 2 * D * E),  # contrastive pooler, projection
+                    + 2 * 2 * D * D + 2 * n_source * 2 * source * D + 4 * n_source * D + 2 * D * E),  # contrastive, projection
         "unimodal": c.n_uni * block(T + 1, D, c.text_mlp) + 2 * D * E,
         "multimodal": c.n_multi * (block(T - 1, D, c.text_mlp) + 2 * (T - 1) * 2 * D * D + 2 * S * 2 * D * D
                                    + 4 * (T - 1) * S * D) + 2 * (T - 1) * D * V,
@@ -503,6 +506,17 @@ def forward_flops(c, T=None):
 
 
 print({part: f"{value / 1e6:.2f} MFLOP" for part, value in forward_flops(PRESETS["tiny"]).items()}, "per pair, tiny")
+
+# %% [markdown]
+# **Check** (exact): our formula is `coca_min.flops.forward_flops`, the one `bench.py` divides
+# by for its MFU, part by part, for every preset and both pooler modes.
+
+# %%
+for name, preset in PRESETS.items():
+    for mode in ["cascade", "parallel"]:
+        c_mode = dataclasses.replace(preset, pooler_mode=mode)
+        assert forward_flops(c_mode) == coca_min.flops.forward_flops(c_mode), (name, mode)
+print(f"forward_flops equals coca_min.flops.forward_flops for {len(PRESETS)} presets x 2 pooler modes")
 
 # %% [markdown]
 # `torch.utils.flop_counter.FlopCounterMode` counts the FLOPs of the matrix products that run:
