@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import unwrap
-from .losses import caption_loss, coca_loss, contrastive_loss
+from .losses import caption_loss_for_training, coca_loss, contrastive_loss
 
 
 def setup(device="cuda"):
@@ -162,7 +162,7 @@ def global_coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_we
         step_tokens = step_token_count([tokens], pad_id)
     # caption_loss is (local sum) / n_local; DDP averages W ranks, and the micro-batches of a step
     # add up, so W · (local sum) / (step's count) makes the mean over every real token of the step
-    local_sum = caption_loss(outputs["logits"], targets, pad_id) * n_local.clamp(min=1)  # in the loss's dtype
+    local_sum = caption_loss_for_training(outputs["logits"], targets, pad_id) * n_local.clamp(min=1)  # in the loss's dtype
     l_cap = local_sum * W / step_tokens.clamp(min=1)
     contrast = global_contrastive_loss if W > 1 else contrastive_loss
     l_con = contrast(outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"])

@@ -14,6 +14,9 @@
   non-padding target tokens of the batch.
 - CoCa (eq. 3): L = λ_con L_con + λ_cap L_cap with λ_cap = 2, λ_con = 1 (paper §4.1).
 
+Under bf16 autocast the captioning loss goes through `LowMemoryCaptionLoss`: the same value,
+without the float32 copies of the (B, T, V) logits that dominate memory at a 64k vocabulary.
+
 Left out: the all-gather across GPUs that lets the contrastive loss see the global batch (it
 belongs with distributed training), label smoothing, and the JFT classification loss.
 """
@@ -63,6 +66,53 @@ def text_log_likelihood(logits, targets, pad_id):
     return (log_p * (targets != pad_id)).sum(-1)
 
 
+class LowMemoryCaptionLoss(torch.autograd.Function):
+    """`caption_loss` for half-precision logits (bf16 autocast) without their float32 copy.
+
+    At the paper's sizes the logits are the largest tensor of a step: batch 128 x 63 positions x
+    64,000 words is 516M numbers, 1 GB in bf16. `caption_loss` makes a float32 copy (2 GB) and
+    cross-entropy keeps a float32 log-softmax for the backward pass (2 GB more). This Function
+    keeps only the bf16 logits and a float32 log-sum-exp per position: the forward pass computes
+    the log-sum-exp in float32 a chunk of rows at a time, and the backward pass the softmax the
+    same way, (softmax - one-hot) / n_real, written into a gradient of the logits' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, pad_id, chunk_rows):  # (M, V), (M,) -> scalar, at least float32
+        work = torch.promote_types(logits.dtype, torch.float32)  # float32 (float64 stays float64)
+        real = targets != pad_id
+        n_real = real.sum().clamp(min=1)  # all padding -> 0 / 1, not 0 / 0
+        lse = torch.empty(logits.shape[0], dtype=work, device=logits.device)
+        for start in range(0, logits.shape[0], chunk_rows):
+            lse[start : start + chunk_rows] = torch.logsumexp(logits[start : start + chunk_rows].to(work), dim=-1)
+        picked = logits.gather(1, targets[:, None])[:, 0].to(work)  # the target's logit at each position
+        ctx.save_for_backward(logits, targets, lse, real, n_real)
+        ctx.chunk_rows = chunk_rows
+        return ((lse - picked) * real).sum() / n_real  # -log p(target), mean over real tokens
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse, real, n_real = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            p = (logits[rows].to(lse.dtype) - lse[rows, None]).exp()  # softmax, (rows, V) float32
+            p[torch.arange(p.shape[0], device=p.device), targets[rows]] -= 1.0  # minus the one-hot
+            grad_logits[rows] = (p * (real[rows, None] * (grad / n_real))).to(logits.dtype)
+        return grad_logits, None, None, None
+
+
+def caption_loss_for_training(logits, targets, pad_id, chunk_elements=2**26):
+    """`caption_loss`, through `LowMemoryCaptionLoss` when the logits are half precision (bf16
+    autocast: where their float32 copies would dominate memory); the same value either way."""
+    if logits.dtype not in (torch.bfloat16, torch.float16):
+        return caption_loss(logits, targets, pad_id)
+    if logits.shape[:2] != targets.shape:
+        return caption_loss(logits, targets, pad_id)  # its error message
+    flat = logits.flatten(0, 1)  # (B·T, V)
+    return LowMemoryCaptionLoss.apply(flat, targets.flatten(), pad_id, max(1, chunk_elements // flat.shape[1]))
+
+
 def coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0):
     """The CoCa objective from `CoCa.forward`'s outputs and the (B, T) tokens it was given.
 
@@ -72,6 +122,6 @@ def coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.
     l_con = contrastive_loss(
         outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"]
     )
-    l_cap = caption_loss(outputs["logits"], targets, pad_id)
+    l_cap = caption_loss_for_training(outputs["logits"], targets, pad_id)
     loss = contrastive_weight * l_con + caption_weight * l_cap
     return {"loss": loss, "contrastive": l_con, "caption": l_cap}
