@@ -11,7 +11,7 @@ and a usable caption, are skipped with one warning that counts them and names wh
 of 100,000. A file that breaks after the check is replaced by the next image while training, and
 left out (never replaced) in evaluation.
 
-Left out: reading from archives or object stores (webdataset, tar shards), decoding on the GPU.
+Left out: object stores, decoding on the GPU. Tar shards (the WebDataset layout): `shards.py`.
 """
 
 import csv
