@@ -213,8 +213,8 @@ def bench_decoding(config, args, device):
     (cached, cached_s), (uncached, uncached_s) = results[True], results[False]
     same = torch.equal(cached, uncached)
     n = args.batch_size * args.new_tokens
-    print(f"decoding {args.new_tokens} new tokens, batch {args.batch_size} (median of {args.repeats}): cached {n / cached_s:,.1f} tokens/s "
-          f"({cached_s:.2f} s), uncached {n / uncached_s:,.1f} tokens/s ({uncached_s:.2f} s): "
+    print(f"decoding {args.new_tokens} new tokens, batch {args.batch_size} (median of {args.repeats}): "
+          f"cached {n / cached_s:,.1f} tokens/s ({cached_s:.2f} s), uncached {n / uncached_s:,.1f} tokens/s ({uncached_s:.2f} s): "
           f"{uncached_s / cached_s:.1f}x faster with the cache; same tokens: {same}")  # fmt: skip
     if not same:
         sys.exit("error: cached and uncached decoding gave different tokens")

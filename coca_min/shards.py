@@ -145,13 +145,15 @@ class ShardReader(torch.utils.data.IterableDataset):
 
     def my_shards(self) -> list[Path]:
         """This reader's shards this epoch: every R-th of the shuffled list, R the world's readers."""
-        rank = self.rank if self.rank is not None else (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
-        world = self.world if self.world is not None else (torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+        distributed = torch.distributed.is_initialized()
+        rank = self.rank if self.rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        world = self.world if self.world is not None else (torch.distributed.get_world_size() if distributed else 1)
         worker = torch.utils.data.get_worker_info()
         workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
         order = list(self.shards)
         if self.train:  # the same order on every rank and worker: a generator seeded by the epoch
-            order = [order[i] for i in torch.randperm(len(order), generator=torch.Generator().manual_seed(self.seed + self.epoch))]
+            shuffle = torch.randperm(len(order), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = [order[i] for i in shuffle]
         readers, me = world * workers, rank * workers + worker_id
         if len(order) < readers and me == 0 and self.epoch == 0:
             warnings.warn(f"{len(order)} shards for {readers} readers ({world} ranks x {workers} workers): "
