@@ -3,7 +3,9 @@
 import ast
 import json
 import math
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,17 +209,38 @@ def test_ctrl_c_that_stops_at_once_names_the_last_checkpoint(tmp_path, monkeypat
     assert capsys.readouterr().err == f"\nstopped at once by Ctrl-C; {tmp_path / 'run' / 'ckpt.pt'} is the last checkpoint saved\n"
 
 
+TORCHRUN_TRAINING = ["train.py", "--size", "tiny", "--minutes", "0.1", "--fake-step-seconds", "0.25", "--batch-size", "16",
+                     "--accum", "2", "--eval-images", "24", "--threads", "1"]  # fmt: skip
+
+
 def test_torchrun_two_processes_on_cpu_with_the_default_time_budget(tmp_path):
     # the default path: no --steps, so rank 0's plan is broadcast to rank 1 (on the group's device)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py",
-               "--size", "tiny", "--minutes", "0.1", "--fake-step-seconds", "0.25", "--out", str(tmp_path),
-               "--batch-size", "16", "--accum", "2", "--eval-images", "24", "--threads", "1"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               *TORCHRUN_TRAINING, "--out", str(tmp_path / "one_node")]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert [p.name for p in tmp_path.glob("*.pt")] == ["ckpt.pt"]
-    saved = read_checkpoint(tmp_path / "ckpt.pt")
+    assert [p.name for p in (tmp_path / "one_node").glob("*.pt")] == ["ckpt.pt"]
+    saved = read_checkpoint(tmp_path / "one_node" / "ckpt.pt")
     assert saved["step"] == saved["total_steps"] == 24  # 6 s of 0.25 s steps, planned at step 21
-    assert (tmp_path / "report.json").exists()
+    assert (tmp_path / "one_node" / "report.json").exists()
+
+    # the same run on two "machines": two launchers of one process each, meeting at a c10d
+    # rendezvous on the loopback address (as two nodes meet at the first node's address)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=coca_min_test", *TORCHRUN_TRAINING,
+                "--out", str(tmp_path / "two_nodes")]  # fmt: skip
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")  # loopback only
+    nodes = [subprocess.Popen(launcher, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    two = read_checkpoint(tmp_path / "two_nodes" / "ckpt.pt")
+    assert two["step"] == 24
+    for name, value in saved["model"].items():  # two nodes of one process train as one node of two
+        torch.testing.assert_close(two["model"][name], value, atol=1e-6, rtol=0, msg=name)
 
 
 def write_manifest(folder, count=32, bad_row=True):
