@@ -25,8 +25,9 @@ runs again with gradient, its own embeddings in place of their cached rows (open
 Every collective goes through the functions below, which check that its tensors live on the
 process group's device (`device()`): NCCL takes only CUDA tensors, gloo CPU ones.
 
-Left out: FSDP / model sharding, gradient compression, and the sharded evaluation of huge sets
-(evaluation runs once, on rank 0).
+FSDP2 sharding and activation checkpointing are in `sharding.py`; the loss here needs no change
+for them. Left out: gradient compression, and the sharded evaluation of huge sets (evaluation
+runs once, on rank 0).
 """
 
 import os

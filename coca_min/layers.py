@@ -17,6 +17,7 @@ or relative position encodings (the paper uses learned absolute positions).
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from einops import rearrange
 
 
@@ -95,11 +96,18 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_dim)
 
+    activation_checkpointing = False  # recompute this block's activations in the backward pass (sharding.py)
+
     def forward(self, x, mask=None, context=None, cache=None):
         # x: (B, T, dim); mask: self-attention mask (see Attention); context: (B, S, context_dim)
         # cache: None, or {"self": {}, "cross": {}} kept between decoding steps
         if (context is None) != (self.cross_attn is None):  # e.g. a caption with no image
             raise ValueError("a block with cross-attention needs a context, and only such a block takes one")
+        if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
+            return checkpoint(self._forward, x, mask, context, use_reentrant=False)  # keeps only the inputs
+        return self._forward(x, mask, context, cache)
+
+    def _forward(self, x, mask=None, context=None, cache=None):
         cache = cache or {}
         x = x + self.attn(self.ln_attn(x), mask=mask, cache=cache.get("self"))
         if self.cross_attn is not None:

@@ -90,3 +90,62 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(split):
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=0, msg=name)
     assert max((p.grad - expected[n]).abs().max().item() for n, p in model.named_parameters()) < 1e-12
+
+
+def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
+    from coca_min.sharding import full_state_dict, set_activation_checkpointing, shard_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model, images, tokens = micro()
+    if fsdp:
+        shard_model(model, activation_checkpointing=checkpointing)
+        weight = model.image_encoder.blocks[0].mlp.fc_in.weight  # (16, 8) in all: 8 rows here
+        assert type(weight).__name__ == "DTensor" and weight.to_local().shape == (16 // world, 8)
+    else:
+        set_activation_checkpointing(model, checkpointing)
+        model = DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)  # after sharding: its state is sharded too
+    shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    parts = list(zip(images[shard].chunk(accum), tokens[shard].chunk(accum)))
+    forward_backward(model, parts, pad_id=0)
+    optimizer.step()
+    state = full_state_dict(model) if fsdp else {n: p.detach() for n, p in model.module.state_dict().items()}
+    if rank == 0:
+        torch.save(state, result_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fsdp, checkpointing, accum", [(True, False, 1), (False, True, 1), (True, True, 2)])
+def test_one_sharded_or_checkpointed_step_gives_the_single_process_parameters(fsdp, checkpointing, accum, tmp_path):
+    # float64: FSDP2 (one unit per block), activation checkpointing, and both with gradient
+    # accumulation, at world size 2, against one process on the whole batch
+    # AdamW's eps at 1e-6: gradients that are zero in exact arithmetic (the keys' biases: softmax
+    # ignores what adds to every score) are 1e-17 of rounding, which eps 1e-8 would blow up to lr
+    model, images, tokens = micro()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)
+    forward_backward(model, [(images, tokens)], pad_id=0)
+    optimizer.step()
+    args = (2, free_port(), tmp_path / "rank0.pt", fsdp, checkpointing, accum)
+    mp.start_processes(sharded_worker, args=args, nprocs=2, start_method="spawn")
+    sharded = torch.load(tmp_path / "rank0.pt")
+    assert sharded.keys() == model.state_dict().keys()
+    for name, expected in model.state_dict().items():
+        torch.testing.assert_close(sharded[name], expected, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_activation_checkpointing_keeps_a_blocks_input_only_and_gives_the_same_gradients():
+    from coca_min.sharding import set_activation_checkpointing
+
+    model, images, tokens = micro()
+    grads = []
+    for enabled in [False, True]:
+        set_activation_checkpointing(model, enabled)
+        model.zero_grad()
+        coca_loss(model(images, tokens), tokens, pad_id=0)["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-12, rtol=0, msg=name)
+    assert all(block.activation_checkpointing for block in model.image_encoder.blocks)
