@@ -21,6 +21,7 @@ and hybrid sharding (FSDP within a node, replicas across nodes).
 import torch
 import torch.distributed as dist
 
+from .distributed import all_reduce
 from .layers import Block
 
 
@@ -45,8 +46,7 @@ def shard_model(model, activation_checkpointing=False):
         register_fsdp_forward_method(model, method)
 
     def average_over_ranks(parameter):  # after each backward: DDP's average, for the one number
-        dist.all_reduce(parameter.grad)
-        parameter.grad /= dist.get_world_size()
+        all_reduce(parameter.grad).div_(dist.get_world_size())
 
     model.log_logit_scale.register_post_accumulate_grad_hook(average_over_ranks)
     return model

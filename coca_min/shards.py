@@ -200,3 +200,59 @@ def advance(done: dict, places) -> dict:
     for shard, index in places:
         done[shard] = max(done.get(shard, 0), index + 1)
     return done
+
+def write_shards_command(argv=None):
+    """python -m coca_min.data write-shards (--tiny SPLIT | --manifest FILE --images DIR) --out DIR"""
+    import argparse
+
+    from tqdm import tqdm
+
+    from .data import TinyShapes
+    from .image_files import CaptionManifest
+    from .shapes import SPLITS
+
+    parser = argparse.ArgumentParser(prog="python -m coca_min.data write-shards",
+                                     description="write image-caption data as NNNNNN.tar shards (the WebDataset layout)")  # fmt: skip
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tiny", metavar="SPLIT", choices=list(SPLITS), help="a split of tiny_data/")
+    source.add_argument("--manifest", help="a .jsonl or .csv manifest (fields image, caption)")
+    parser.add_argument("--images", help="the folder the manifest's image paths are relative to")
+    parser.add_argument("--out", required=True, help="the folder of the shards (new, or empty)")
+    parser.add_argument("--per-shard", type=int, default=1000, help="samples per shard (default 1000)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        parser.error(f"{out} is not empty: give a new folder")
+    if args.per_shard < 1:
+        parser.error("--per-shard must be at least 1")
+    if args.tiny:
+        data = TinyShapes(args.tiny)
+        rgb = data.palette[data.pixels.long()].numpy()  # (N, 48, 48, 3) uint8
+        samples = ((f"{args.tiny}_{i:06d}", rgb[i], data.captions[i]) for i in range(len(data)))
+    else:
+        if not args.images:
+            parser.error("--manifest needs --images, the folder its image paths are relative to")
+        data = CaptionManifest(args.manifest, args.images, tokenizer=None, image_size=1)
+
+        def samples():  # JPEG and PNG files as they are; other formats as PNG
+            for i, path in enumerate(data.paths):
+                raw = path.read_bytes()
+                if not (raw[:3] == b"\xff\xd8\xff" or raw[:8] == b"\x89PNG\r\n\x1a\n"):
+                    with Image.open(path) as img:
+                        raw = np.asarray(img.convert("RGB"))
+                yield f"{i:08d}", raw, data.captions[i]
+
+        samples = samples()
+    paths = write_shards(tqdm(samples, total=len(data), desc="writing shards", unit="sample"), out, args.per_shard)
+    print(f"wrote {len(data):,} samples in {len(paths)} shards to {out}")
+
+
+
+def main(argv=None):
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["write-shards"]:
+        sys.exit("usage: python -m coca_min.data write-shards (--tiny SPLIT | --manifest FILE --images DIR) --out DIR")
+    write_shards_command(argv[1:])
+

@@ -213,30 +213,29 @@ TORCHRUN_TRAINING = ["train.py", "--size", "tiny", "--minutes", "0.1", "--fake-s
                      "--accum", "2", "--eval-images", "24", "--threads", "1"]  # fmt: skip
 
 
+@pytest.mark.distributed
 def test_torchrun_two_processes_on_cpu_with_the_default_time_budget(tmp_path):
-    # the default path: no --steps, so rank 0's plan is broadcast to rank 1 (on the group's device)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               *TORCHRUN_TRAINING, "--out", str(tmp_path / "one_node")]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the default path: no --steps, so rank 0's plan is broadcast to rank 1 (on the group's device).
+    # At the same time, the same run on two "machines": two launchers of one process each, meeting
+    # at a c10d rendezvous on the loopback address (as two nodes meet at the first node's address).
+    # The fake clock makes both plans the same however busy the machine is.
+    one_node = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                *TORCHRUN_TRAINING, "--out", str(tmp_path / "one_node")]  # fmt: skip
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=coca_min_test", *TORCHRUN_TRAINING,
+            "--out", str(tmp_path / "two_nodes")]  # fmt: skip
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")  # loopback only
+    runs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for command in [one_node, node, node]]  # fmt: skip
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], "\n".join(out[-2000:] for out in outputs)
     assert [p.name for p in (tmp_path / "one_node").glob("*.pt")] == ["ckpt.pt"]
     saved = read_checkpoint(tmp_path / "one_node" / "ckpt.pt")
     assert saved["step"] == saved["total_steps"] == 24  # 6 s of 0.25 s steps, planned at step 21
     assert (tmp_path / "one_node" / "report.json").exists()
-
-    # the same run on two "machines": two launchers of one process each, meeting at a c10d
-    # rendezvous on the loopback address (as two nodes meet at the first node's address)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=coca_min_test", *TORCHRUN_TRAINING,
-                "--out", str(tmp_path / "two_nodes")]  # fmt: skip
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")  # loopback only
-    nodes = [subprocess.Popen(launcher, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]  # fmt: skip
-    outputs = [node.communicate(timeout=600)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     two = read_checkpoint(tmp_path / "two_nodes" / "ckpt.pt")
     assert two["step"] == 24
     for name, value in saved["model"].items():  # two nodes of one process train as one node of two
