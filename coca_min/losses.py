@@ -105,10 +105,8 @@ class LowMemoryCaptionLoss(torch.autograd.Function):
 def caption_loss_for_training(logits, targets, pad_id, chunk_elements=2**26):
     """`caption_loss`, through `LowMemoryCaptionLoss` when the logits are half precision (bf16
     autocast: where their float32 copies would dominate memory); the same value either way."""
-    if logits.dtype not in (torch.bfloat16, torch.float16):
-        return caption_loss(logits, targets, pad_id)
-    if logits.shape[:2] != targets.shape:
-        return caption_loss(logits, targets, pad_id)  # its error message
+    if logits.dtype not in (torch.bfloat16, torch.float16) or logits.shape[:2] != targets.shape:
+        return caption_loss(logits, targets, pad_id)  # (a shape mismatch: its error message)
     flat = logits.flatten(0, 1)  # (B·T, V)
     return LowMemoryCaptionLoss.apply(flat, targets.flatten(), pad_id, max(1, chunk_elements // flat.shape[1]))
 

@@ -29,24 +29,16 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .exercises import EXERCISES
 from .markers import MarkerError, region_text, splice
+from .runner import Runner, TestResult
 from .student import ROOT, repository_files
 
 PLUGIN = "_coca_min_grader"  # the plugin's module name inside each copy
-
-
-@dataclass
-class TestResult:
-    test: str
-    outcome: str  # "passed", "failed", "error" (collection, import, origin), "timeout", "crashed"
-    message: str
-    seconds: float
 
 
 def _copy_tree(source: Path, target: Path):
@@ -54,15 +46,16 @@ def _copy_tree(source: Path, target: Path):
     shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
 
 
-def student_code(student: Path, exercise_id: str) -> tuple[str | None, str]:
-    """The student's code between the exercise's markers, or None and why not."""
+def missing_region(student: Path, exercise_id: str) -> str | None:
+    """Why the student's copy has no region of this exercise to grade, or None."""
     file = student / EXERCISES[exercise_id].file
     if not file.is_file():
-        return None, f"{EXERCISES[exercise_id].file} is missing from the student's copy"
+        return f"{EXERCISES[exercise_id].file} is missing from the student's copy"
     try:
-        return region_text(file.read_text(encoding="utf-8", errors="replace"), exercise_id, file), ""
+        region_text(file.read_text(encoding="utf-8", errors="replace"), exercise_id, file)
     except MarkerError as error:
-        return None, str(error)
+        return str(error)
+    return None
 
 
 def assemble(target: Path, student: Path, graded: str | None, hidden: Path | None, root: Path = ROOT) -> list[str]:
@@ -101,55 +94,6 @@ def assemble(target: Path, student: Path, graded: str | None, hidden: Path | Non
                 notes.append(f"the student's {name} does not parse outside the exercises (line {error.lineno}: "
                              f"{error.msg}): every test that imports it fails")  # fmt: skip
     return notes
-
-
-class Runner:
-    """A test runner process (`plugin.py --serve`) that has imported torch once and forks a
-    process per test: without it, importing torch would be most of the grading time."""
-
-    def __init__(self, workdir: Path, threads: int = 1):
-        self.workdir, self.threads = workdir, threads  # torch threads of each test
-        self.process = None
-
-    def run(self, copy: Path, test: str, seed: int, timeout: float, root: Path = ROOT) -> TestResult:
-        """One test (a pytest node id) in its own process in `copy`, at most `timeout` seconds."""
-        if self.process is None or self.process.poll() is not None:
-            script = self.workdir / "_coca_min_runner.py"  # outside the reference package
-            shutil.copy2(Path(__file__).with_name("plugin.py"), script)
-            self.process = subprocess.Popen([sys.executable, str(script), "--serve"],
-                                            cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            start_new_session=True, text=True)  # fmt: skip
-        handle, name = tempfile.mkstemp(prefix="test_", dir=copy)
-        os.close(handle)
-        result, log = Path(name + ".json"), Path(name + ".log")
-        env = {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "COCA_MIN_GRADE_SEED": str(seed),
-               "COCA_MIN_GRADING": "1", "COCA_MIN_GRADE_RESULT": str(result),
-               "COCA_MIN_GRADE_EXPECT": str(copy / "coca_min"), "COCA_MIN_GRADE_FORBID": str(root / "coca_min"),
-               "OMP_NUM_THREADS": str(self.threads)}  # fmt: skip
-        task = {"copy": str(copy), "test": test, "env": env, "log": str(log), "timeout": timeout, "threads": self.threads}
-        self.process.stdin.write(json.dumps(task) + "\n")
-        self.process.stdin.flush()
-        answer = self.process.stdout.readline()
-        if not answer:  # the runner itself died: a new one starts with the next test
-            return TestResult(test, "crashed", "the test runner stopped", 0.0)
-        ended = json.loads(answer)
-        output = log.read_text(errors="replace") if log.is_file() else ""
-        tail = " / ".join(line for line in output.splitlines()[-3:] if line.strip())[:300]
-        if ended["code"] is None:
-            return TestResult(test, "timeout", f"still running after {timeout:g} s: stopped", ended["seconds"])
-        try:
-            report = json.loads(result.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return TestResult(test, "crashed", f"the test process ended with code {ended['code']} and no result: {tail}",
-                              ended["seconds"])  # fmt: skip
-        if report["outcome"] == "passed" and ended["code"] != 0:  # e.g. an error after the tests
-            report = {"outcome": "failed", "message": f"pytest ended with code {ended['code']}: {tail}"}
-        return TestResult(test, report["outcome"], report["message"], ended["seconds"])
-
-    def close(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait()
 
 
 def hidden_tests(hidden: Path, workdir: Path, timeout: float, root: Path = ROOT) -> dict[str, list[str]]:
@@ -218,8 +162,8 @@ def grade(student, hidden=None, out=None, seed=None, timeout=120.0, jobs=None, o
         work, results, notes = [], {}, {}
         for exercise_id in chosen:
             tests = list(EXERCISES[exercise_id].tests) + extra.get(exercise_id, [])
-            code, why = student_code(student, exercise_id)
-            if code is None:  # no region to grade: every test fails with the reason
+            why = missing_region(student, exercise_id)
+            if why:  # no region to grade: every test fails with the reason
                 results[exercise_id] = [TestResult(t, "error", why, 0.0) for t in tests]
                 continue
             copy = workdir / exercise_id

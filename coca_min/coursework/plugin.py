@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch  # in the runner: the slow import, made once for all the tests it forks
 
 _state = {"outcome": "passed", "message": "", "tests": 0}
 
@@ -146,9 +147,6 @@ def _run_forked(task: dict) -> dict:
 
 def serve() -> None:
     """Answer each task line on stdin with one result line on stdout (see the docstring)."""
-    global torch
-    import torch  # the slow import, made once for all the children
-
     for line in sys.stdin:
         print(json.dumps(_run_forked(json.loads(line))), flush=True)
 
