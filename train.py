@@ -3,6 +3,7 @@
     python train.py --size tiny                                   # the tiny set, a few minutes on a CPU
     python train.py --size small --data pairs.jsonl --images imgs/ --val-data val.jsonl
     torchrun --standalone --nproc-per-node=8 train.py --size base --data coco.json --images train2017/
+    torchrun --nproc-per-node=8 train.py --size large --data shards/ --tokenizer tok.json --fsdp --activation-checkpointing
     python train.py --size tiny --resume                          # continue out/tiny exactly
 
 This file reads and checks the arguments and paths, in milliseconds and before torch is
@@ -34,7 +35,8 @@ non_negative = ranged(float, minimum=0)
 def parse_args(argv=None):
     p = Parser(prog="train.py", description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     p.add_argument("--size", default="tiny", choices=list(PRESETS), help="model preset")
-    p.add_argument("--data", default="tiny", help="'tiny', or a manifest (.jsonl/.csv) or COCO caption .json")
+    p.add_argument("--data", default="tiny", help="'tiny', a manifest (.jsonl/.csv), COCO caption .json, or a folder of "
+                   ".tar shards (python -m coca_min.data write-shards)")
     p.add_argument("--images", help="image folder of --data (and of --val-data)")
     p.add_argument("--val-data", help="manifest or COCO json to evaluate on (real data)")
     p.add_argument("--tokenizer", help="tokenizer .json (real data; default: train one on the captions)")
@@ -65,6 +67,13 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU only)")
     p.add_argument("--workers", type=non_negative_int, help="data loader processes (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and AdamW state over the processes "
+                   "(FSDP2, one unit per transformer block; under torchrun)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass: less memory, about 1/3 more compute")
+    p.add_argument("--checkpoint", choices=["gathered", "sharded"],
+                   help="how to save the optimizer state: whole in ckpt.pt, or each process its shards "
+                   "(default: sharded with --fsdp)")
     p.add_argument("--threads", type=count, help="CPU threads per process (default: cores / processes)")
     p.add_argument("--nan-at-step", type=count, help=argparse.SUPPRESS)  # tests: make that step's loss NaN
     p.add_argument("--fake-step-seconds", type=positive, help=argparse.SUPPRESS)  # tests: every step takes this long
@@ -81,6 +90,7 @@ def parse_args(argv=None):
         p.error(problem)
     args.minutes = args.minutes or DEFAULT_MINUTES
     args.vocab_size = args.vocab_size or 32000
+    args.checkpoint = args.checkpoint or ("sharded" if args.fsdp else "gathered")
     args.resume = args.resume == "yes" or (args.resume == "auto" and (args.out / "ckpt.pt").is_file())
     return args
 
@@ -112,9 +122,20 @@ def check_arguments(args):
         if PRESETS[args.size].image_size != shapes.IMAGE_SIZE:
             return (f"--size {args.size} takes {PRESETS[args.size].image_size} px images, but tiny_data's are "
                     f"{shapes.IMAGE_SIZE} px; give --data FILE --images DIR, or --size tiny")  # fmt: skip
+    elif Path(args.data).is_dir():  # tar shards
+        if not any(Path(args.data).glob("*.tar")):
+            return f"--data: {args.data} is a folder without .tar shards (write them with python -m coca_min.data write-shards)"
+        if args.strict:
+            return "--strict is for a manifest or COCO json; from shards, a sample that does not decode is skipped and counted"
+        if args.val_data and not args.images:
+            return "--val-data needs --images DIR, the folder its image paths are relative to"
+        if args.val_data and (problem := file_problem(args.val_data, MANIFESTS)):
+            return f"--val-data: {problem}"
+        if args.tokenizer and (problem := file_problem(args.tokenizer, [".json"])):
+            return f"--tokenizer: {problem}"
     else:
         if problem := file_problem(args.data, MANIFESTS):
-            return f"--data: {problem} (or 'tiny', the shipped set)"
+            return f"--data: {problem} (or 'tiny', the shipped set, or a folder of .tar shards)"
         if not args.images:
             return "--data FILE needs --images DIR, the folder its image paths are relative to"
         for flag, path, check in [("--images", args.images, folder_problem),
@@ -131,6 +152,8 @@ def check_arguments(args):
     if args.batch_size < 2 and args.contrastive_weight > 0:
         return "--batch-size 1: the contrastive loss needs at least 2 pairs per step (the others are its negatives)"
     world = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1  # torchrun sets both
+    if args.fsdp and world < 2:
+        return "--fsdp shards the model over processes: launch with torchrun --nproc-per-node N (N >= 2)"
     if args.batch_size % (world * args.accum):
         return (f"--batch-size {args.batch_size} must be divisible by processes ({world}) × --accum "
                 f"({args.accum}), so that every micro-batch has the same size")  # fmt: skip

@@ -31,11 +31,14 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def save_checkpoint(path, model, tokenizer=None, **extra) -> None:
+def save_checkpoint(path, model, tokenizer=None, weights=None, **extra) -> None:
+    """weights: the model's state dict when `model.state_dict()` is not it whole (a sharded
+    model's, gathered: sharding.gathered_weights)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
-    checkpoint = {"model": model.state_dict(), "config": asdict(model.config),
+    weights = model.state_dict() if weights is None else weights
+    checkpoint = {"model": weights, "config": asdict(model.config),
                   "tokenizer": tokenizer.state() if tokenizer else None, **extra}  # fmt: skip
     temporary = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, temporary)

@@ -94,6 +94,15 @@ def all_gather(parts, tensor):
     return parts
 
 
+def all_gather_objects(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order; [value] when not distributed."""
+    if not is_distributed():
+        return [value]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)  # under NCCL, through the current GPU (setup sets it)
+    return parts
+
+
 def broadcast_int(value: int, src=0) -> int:
     """Rank `src`'s value on every rank (e.g. a planned number of steps: every rank must run as
     many steps as rank 0, or the collectives of the extra steps wait forever)."""
@@ -191,6 +200,8 @@ def forward_backward(model, batches, pad_id, caption_weight=2.0, contrastive_wei
     logged = {"loss": 0.0, "contrastive": 0.0, "caption": 0.0}
     for j, (images, tokens) in enumerate(batches):
         last = j == len(batches) - 1
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-batch only
+            model.set_requires_gradient_sync(last)
         with model.no_sync() if hasattr(model, "no_sync") and not last else nullcontext():
             with autocast:
                 outputs = model(images, tokens)

@@ -14,12 +14,26 @@ With activation checkpointing a block keeps only its input for the backward pass
 forward again there: about a third more compute for the blocks, and their activations no longer
 held (lesson 10 measures both).
 
+Checkpoints of a sharded model (train.py `--fsdp`) come in two forms, and in both the run's
+`ckpt.pt` holds the whole model weights, so that it loads on one device for inference
+(`checkpoint.load_checkpoint`) like any other:
+
+- **gathered**: the optimizer state too is gathered into `ckpt.pt` by rank 0, indexed as a plain
+  `optimizer.state_dict()` is, so a run with or without `--fsdp`, on any number of ranks, can
+  resume it. Rank 0 holds the whole optimizer state on the CPU while it saves.
+- **sharded**: every rank writes its own shards of the weights and of AdamW's state into a
+  folder with `torch.distributed.checkpoint` (DCP), and nothing is gathered but the weights.
+  DCP re-shards on loading, so another number of ranks can resume it too.
+
 Left out: mixed-precision policies of FSDP (bf16 autocast covers the compute), CPU offload,
 and hybrid sharding (FSDP within a node, replicas across nodes).
 """
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     get_state_dict, set_state_dict)
 
 from .distributed import all_reduce
 from .layers import Block
@@ -58,3 +72,65 @@ def full_state_dict(model) -> dict:
     from torch.distributed.tensor import DTensor
 
     return {name: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for name, v in model.state_dict().items()}
+
+
+def is_sharded(model) -> bool:
+    """Whether `shard_model` was applied (FSDP2 marks the module)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def parameter_names(model, optimizer) -> list[str]:
+    """The name of each of the optimizer's parameters, in its order: index i of a plain
+    `optimizer.state_dict()` is the parameter named names[i]."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _renamed(state, rename):
+    return {"state": {rename[key]: value for key, value in state["state"].items()},
+            "param_groups": [{**group, "params": [rename[key] for key in group["params"]]} for group in state["param_groups"]]}  # fmt: skip
+
+
+def gathered_weights(model):
+    """A sharded model's whole weights, on the CPU of rank 0 ({} on the other ranks); None for a
+    model that is not sharded (its own `state_dict()` is whole). A collective: every rank calls it."""
+    if not is_sharded(model):
+        return None
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def gathered_optimizer_state(model, optimizer):
+    """The optimizer state, whole on rank 0 (None on the others), indexed as a plain
+    `optimizer.state_dict()` is. A collective of a sharded model: every rank calls it."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    index = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
+    return _renamed(state, index) if state else None
+
+
+def load_gathered(model, optimizer, weights, optimizer_state) -> None:
+    """Load `gathered_state`'s dicts (or a plain run's) into a model, sharded or not."""
+    if not is_sharded(model):
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    by_name = _renamed(optimizer_state, dict(enumerate(parameter_names(model, optimizer))))
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=by_name,
+                   options=StateDictOptions(full_state_dict=True))  # fmt: skip
+
+
+def save_sharded(folder, model, optimizer) -> None:
+    """Every rank writes its shards of the weights and the optimizer state to `folder` (DCP)."""
+    weights, state = get_state_dict(model, optimizer)
+    dcp.save({"model": weights, "optimizer": state}, checkpoint_id=str(folder))
+
+
+def load_sharded(folder, model, optimizer) -> None:
+    """Read `save_sharded`'s folder into a model, sharded or not, on any number of ranks."""
+    weights, state = get_state_dict(model, optimizer)
+    saved = {"model": weights, "optimizer": state}
+    dcp.load(saved, checkpoint_id=str(folder))  # in place, each rank its own shards
+    set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])

@@ -108,6 +108,17 @@ def decode(parts: dict) -> tuple[torch.Tensor, list[str]]:
     image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
     if image is None:
         raise ValueError(f"no image (.jpg or .png) among {sorted(parts)}")
+    captions = captions_in(parts)
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+    except Exception as error:
+        raise ValueError(f"the image does not decode ({error})") from None
+    return pixels, captions
+
+
+def captions_in(parts: dict) -> list[str]:
+    """The captions of one sample (its .txt, or its .json's "caption" or "captions")."""
     if "txt" in parts:
         captions = [parts["txt"].decode("utf-8")]
     elif "json" in parts:
@@ -117,12 +128,23 @@ def decode(parts: dict) -> tuple[torch.Tensor, list[str]]:
         raise ValueError(f"no caption (.txt or .json) among {sorted(parts)}")
     if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
         raise ValueError("an empty caption")
-    try:
-        with Image.open(io.BytesIO(image)) as img:
-            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
-    except Exception as error:
-        raise ValueError(f"the image does not decode ({error})") from None
-    return pixels, captions
+    return captions
+
+
+def all_captions(source) -> list[str]:
+    """Every caption in the shards of `source` (a folder or a list of paths), one pass, images
+    not decoded: what a tokenizer is trained on. Samples without a caption are left out."""
+    from tqdm import tqdm
+
+    paths = sorted(Path(source).glob("*.tar")) if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    captions = []
+    for path in tqdm(paths, desc="reading the shards' captions", unit="shard", disable=len(paths) < 20):
+        for key, parts in samples_of(path):
+            try:
+                captions += captions_in(parts) if key is not None else []
+            except (ValueError, UnicodeDecodeError):
+                continue
+    return captions
 
 
 class ShardReader(torch.utils.data.IterableDataset):

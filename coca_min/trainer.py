@@ -18,15 +18,16 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import PRESETS, CoCa
@@ -36,9 +37,13 @@ from .cli import RUN_SETTINGS
 from .data import TinyShapes, collate
 from .evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
 from .image_files import CaptionManifest, CocoCaptions
+from .loader import EpochBatches, ShardBatches, shard_position
 from .losses import coca_loss
 from .plots import plot_training
 from .schedule import FakeClock, Schedule, TimeBudget
+from .sharding import (gathered_optimizer_state, gathered_weights, is_sharded, load_gathered, load_sharded, save_sharded,
+                       set_activation_checkpointing, shard_model)
+from .shards import ShardReader, all_captions
 from .tokenizer import Tokenizer
 
 
@@ -53,13 +58,18 @@ def build_data(args, config):
         tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None  # None: trained below
         sets = {}
         for name, path in [("train", args.data), ("val", args.val_data)]:  # each file in its own format
+            if name == "train" and Path(path).is_dir():  # a folder of tar shards, streamed (shards.py)
+                sets[name] = ShardReader(path, tokenizer, config.image_size, config.context_length, seed=args.seed)
+                continue
             kind = CocoCaptions if path and path.lower().endswith(".json") else CaptionManifest
             sets[name] = kind(path, args.images, tokenizer, config.image_size, config.context_length,
                               train=name == "train", strict=args.strict, seed=args.seed) if path else None  # fmt: skip
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
     if tokenizer is None:  # every rank trains the same tokenizer from the same captions: no communication
-        tokenizer = Tokenizer.train([c for caps in sets["train"].captions for c in caps], args.vocab_size)
+        streamed = isinstance(sets["train"], ShardReader)
+        captions = all_captions(args.data) if streamed else [c for caps in sets["train"].captions for c in caps]
+        tokenizer = Tokenizer.train(captions, args.vocab_size)
         for dataset in filter(None, sets.values()):
             dataset.tokenizer = tokenizer  # read once (and their images checked once), before it existed
     return sets["train"], tokenizer, sets["val"], replace(config, vocab_size=tokenizer.vocab_size)
@@ -74,18 +84,6 @@ def make_optimizer(model, args, fused=False):
         groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=fused)
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (per-epoch shuffle, one shard per rank, drop_last) that can start
-    partway into an epoch, so that a resumed run sees exactly the batches it would have."""
-
-    skip = 0  # samples of this rank's shard to leave out, once
-
-    def __iter__(self):
-        indices = list(super().__iter__())[self.skip :]
-        self.skip = 0
-        return iter(indices)
 
 
 @torch.no_grad()
@@ -116,14 +114,102 @@ def evaluate_during_training(model, tokenizer, val, args, config):
     return out
 
 
+SHARDED = "ckpt.shards"  # in --out: the folders of sharded checkpoints (--checkpoint sharded)
+
+
+@dataclass
+class Setup:
+    """Where and how this process trains."""
+
+    device: torch.device
+    rank: int
+    world: int
+    local_rank: int
+    autocast: object  # a torch.autocast context (bf16), or nullcontext (float32)
+    compile: bool
+    workers: int  # data-loader processes
+    micro_batch: int  # pairs per forward pass of this process
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    @property
+    def on_gpu(self):
+        return self.device.type == "cuda"
+
+
+@dataclass
+class RunState:
+    """What a checkpoint keeps of a run, besides weights, optimizer state and random state."""
+
+    step: int = 0
+    total_steps: int | None = None  # None: a time budget, not planned yet
+    history: list = field(default_factory=list)  # one row per step: loss, contrastive, caption, lr
+    evaluations: list = field(default_factory=list)
+    budgeted: bool = True  # trained for --minutes, not --steps
+    train_seconds: float = 0.0
+    lr_progress: float = 0.0  # the cosine's progress (schedule.py)
+    warmup: int | None = None
+    quarters_done: int = 0  # quarters of the plan evaluated at
+    data_positions: list | None = None  # tar shards: each rank's position in its epoch
+
+
+@dataclass
+class Run:
+    """One training run in this process: what the steps, evaluations and saves share."""
+
+    args: object
+    setup: Setup
+    config: object
+    tokenizer: Tokenizer
+    val_set: object
+    model: CoCa  # plain, or sharded in place (--fsdp)
+    trained: torch.nn.Module  # what the steps call: the model, compiled and/or in DDP
+    optimizer: torch.optim.Optimizer
+    batches: object  # loader.EpochBatches or loader.ShardBatches
+    state: RunState
+    schedule: Schedule
+    budget: TimeBudget
+    ctrl_c: "CtrlC"
+    progress: "Progress" = None
+    last_saved: int = 0  # the step of the last checkpoint
+
+    @property
+    def ckpt_path(self):
+        return self.args.out / "ckpt.pt"
+
+
 def train(args):
     """Train as the checked arguments of train.py say (see its --help)."""
+    setup = set_up(args)
+    saved = read_resumed(args.out / "ckpt.pt", setup.device, PRESETS[args.size]) if args.resume else None  # before the data
+    train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size])
+    model, optimizer = build_model(args, setup, config)
+    if saved is not None:
+        state = resume(saved, args, setup, model, optimizer, config)
+    else:
+        state = RunState(total_steps=args.steps, budgeted=args.steps is None)
+    schedule, budget = plan(args, state)
+    run = Run(args, setup, config, tokenizer, val_set, model, wrap_for_training(model, setup), optimizer,
+              training_batches(train_set, args, setup, state), state, schedule, budget, CtrlC())  # fmt: skip
+    with run.ctrl_c:  # first Ctrl-C: finish the step, save, exit; a second: at once
+        args.out.mkdir(parents=True, exist_ok=True)
+        run.last_saved = state.step if args.resume else save(run, "start")
+        training_loop(run)
+    weights = gathered_weights(model)  # under FSDP every rank gives its shards, rank 0 evaluates
+    if setup.main:
+        final_report(evaluation_model(run, weights), tokenizer, val_set, args, config, budget.spent(), state.step)
+    D.cleanup()
+
+
+def set_up(args) -> Setup:
+    """The device, the process group (under torchrun), threads, precision and seeds."""
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(f"error: --device {args.device}, but torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
     rank, world, local_rank = D.setup(args.device)
-    main_process = rank == 0
     device = torch.device(f"cuda:{local_rank}" if args.device == "cuda" and world > 1 else args.device)
     on_gpu = device.type == "cuda"
     if on_gpu:
@@ -135,174 +221,239 @@ def train(args):
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     dtype = {"auto": torch.bfloat16 if on_gpu else torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    compile_model = on_gpu if args.compile is None else args.compile
-    workers = (4 if on_gpu else 0) if args.workers is None else args.workers
-    micro_batch = args.batch_size // (world * args.accum)  # train.py checked that it divides
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    ckpt_path = args.out / "ckpt.pt"
-    saved = read_resumed(ckpt_path, device, PRESETS[args.size]) if args.resume else None  # before the data
+    return Setup(device, rank, world, local_rank, autocast, compile=on_gpu if args.compile is None else args.compile,
+                 workers=(4 if on_gpu else 0) if args.workers is None else args.workers,
+                 micro_batch=args.batch_size // (world * args.accum))  # fmt: skip  (train.py checked that it divides)
 
-    train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size])
-    model = CoCa(config).to(device)
-    optimizer = make_optimizer(model, args, fused=on_gpu)
-    step, total_steps, history, evaluations = 0, args.steps, [], []
-    run = {"budgeted": args.steps is None, "train_seconds": 0.0, "lr_progress": 0.0, "quarters_done": 0, "warmup": None}
-    if saved is not None:
-        refuse_another_config(saved, config, ckpt_path)  # now with the tokenizer's vocabulary size
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, history, evaluations = saved["step"], saved["history"], saved["evaluations"]
-        total_steps = args.steps or saved["total_steps"]  # a time budget re-plans it below
-        run.update({key: saved[key] for key in run if key in saved})  # budget, schedule, evaluations
-        run["budgeted"] = run["budgeted"] and args.steps is None  # --steps N ends a time budget
-        torch.set_rng_state(saved["rng"]["torch"].cpu())
-        random.setstate(saved["rng"]["python"])
-        run_args = saved.get("args", {})  # as strings; the settings not given again are these (train.py)
-        changed = [k for k in RUN_SETTINGS if k in args.given and k in run_args and str(getattr(args, k)) != run_args[k]]
-        if main_process and changed:
-            said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {run_args[k]})" for k in changed)
-            print(f"note: resuming with {said}: the run goes on, but not as it would have")
-        if not run["budgeted"] and args.steps is None and "minutes" in args.given:
-            sys.exit(f"error: --minutes: {ckpt_path} is a run of a fixed number of steps ({total_steps}); "
-                     "give --steps N to train it on to N")  # fmt: skip
-        if main_process and total_steps is not None and step >= total_steps:
-            print(f"{ckpt_path} is a finished run ({step} steps); evaluating it again (--steps N trains on to N)")
-        elif main_process:
-            print(f"resumed {ckpt_path} at step {step} of {total_steps or 'a time budget'}")
 
-    # lr: warm-up over a fixed number of steps, then a cosine over the steps planned (schedule.py);
-    # with a time budget the number of steps is planned from this session's own timed steps
-    default_warmup = round(0.05 * args.steps) if args.steps else 30  # 5% of the steps; 30 with a time budget
-    warmup = next(w for w in [args.warmup, run["warmup"], default_warmup] if w is not None)  # a resume keeps its own
-    schedule = Schedule(args.lr, warmup, args.min_lr_ratio, progress=run["lr_progress"])
-    clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
-    budget = TimeBudget(args.minutes * 60 if run["budgeted"] else None, clock, spent=run["train_seconds"])
-    quarters_done = run["quarters_done"]  # quarters of the plan evaluated at
+def build_model(args, setup, config):
+    """(CoCa on its device, AdamW): sharded with FSDP2 (--fsdp) and recomputing its blocks'
+    activations (--activation-checkpointing) as asked; the optimizer is made after sharding, on
+    the shards."""
+    model = CoCa(config).to(setup.device)
+    if args.fsdp:
+        shard_model(model, args.activation_checkpointing)
+    else:
+        set_activation_checkpointing(model, args.activation_checkpointing)
+    return model, make_optimizer(model, args, fused=setup.on_gpu)
 
-    settings = {k: v for k, v in vars(args).items() if k != "given"}
 
-    def save(reason):
-        if main_process:
-            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-            save_checkpoint(ckpt_path, model, tokenizer, optimizer=optimizer.state_dict(), step=step,
-                            total_steps=total_steps, history=history, evaluations=evaluations, rng=rng,
-                            budgeted=run["budgeted"], train_seconds=budget.spent(), lr_progress=schedule.progress,
-                            warmup=warmup, quarters_done=quarters_done, args={k: str(v) for k, v in settings.items()},
-                            reason=reason)  # fmt: skip
-            write_json(args.out / "history.json", {"history": history, "evaluations": evaluations})
-            write_json(args.out / "args.json", settings)  # what a --resume continues with (train.py)
-        return step
+def wrap_for_training(model, setup):
+    """What the steps call: the model compiled (--compile), in DDP when there are several
+    processes and it is not sharded (FSDP2 averages the gradients itself)."""
+    trained = torch.compile(model) if setup.compile else model
+    if setup.world > 1 and not is_sharded(model):
+        trained = DistributedDataParallel(trained, device_ids=[setup.local_rank] if setup.on_gpu else None)
+    return trained
 
-    trained = torch.compile(model) if compile_model else model
-    if world > 1:
-        trained = DistributedDataParallel(trained, device_ids=[local_rank] if on_gpu else None)
-    sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-    generator = torch.Generator()  # seeds the workers' random crops, per epoch
-    loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collate, num_workers=workers,
-                        drop_last=True, pin_memory=on_gpu, generator=generator, worker_init_fn=ignore_ctrl_c)  # fmt: skip
-    if len(loader) < args.accum:
+
+def training_batches(train_set, args, setup, state):
+    """The stream of micro-batches (loader.py), from where a resumed run left off."""
+    if isinstance(train_set, ShardReader):
+        position = shard_position(state.data_positions, setup.rank, setup.world)
+        return ShardBatches(train_set, setup.micro_batch, setup.workers, setup.on_gpu, position)
+    if len(train_set) // setup.world // setup.micro_batch < args.accum:
         sys.exit(f"error: {len(train_set)} training pairs are fewer than one batch of {args.batch_size}")
+    return EpochBatches(train_set, setup.micro_batch, setup.rank, setup.world, args.seed, setup.workers,
+                        pin_memory=setup.on_gpu, drawn=state.step * args.accum)  # fmt: skip
 
-    def start_epoch(number, skip_batches=0):  # new order, new caption draws, new crops
-        sampler.set_epoch(number)
-        sampler.skip = skip_batches * micro_batch
-        train_set.set_epoch(number)
-        generator.manual_seed(args.seed * 100_003 + number)
-        return iter(loader)
 
-    epoch, done_in_epoch = divmod(step * args.accum, len(loader))  # micro-batches run across epochs
-    batches = start_epoch(epoch, done_in_epoch)
+def plan(args, state):
+    """(Schedule, TimeBudget). lr: warm-up over a fixed number of steps, then a cosine over the
+    steps planned (schedule.py); with a time budget the steps are planned from this session's
+    own timed steps."""
+    default_warmup = round(0.05 * args.steps) if args.steps else 30  # 5% of the steps; 30 with a time budget
+    state.warmup = next(w for w in [args.warmup, state.warmup, default_warmup] if w is not None)  # a resume keeps its own
+    schedule = Schedule(args.lr, state.warmup, args.min_lr_ratio, progress=state.lr_progress)
+    clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
+    budget = TimeBudget(args.minutes * 60 if state.budgeted else None, clock, spent=state.train_seconds)
+    return schedule, budget
 
-    def next_batch():
-        nonlocal batches, epoch
-        try:
-            try:
-                return next(batches)
-            except StopIteration:
-                epoch += 1
-                batches = start_epoch(epoch)
-                return next(batches)
-        except (OSError, ValueError) as error:  # --strict: an image that broke after the check
-            progress_report.close()
-            last_line = str(error).strip().splitlines()[-1]  # a loader worker's error ends with the original one,
-            last_line = last_line.removeprefix(f"{type(error).__name__}: ")  # as "OSError: could not decode …"
-            sys.exit(f"stopping: {last_line}. The last good checkpoint is {ckpt_path} (step {last_saved}).")
 
-    stop_requested = False
+def training_loop(run):
+    """Steps until the plan is done; evaluations and saves at every --eval-every steps (or the
+    plan's quarters), at the last step, and after a Ctrl-C, which then ends the run."""
+    run.progress = Progress(run.state.total_steps, run.state.step, f"training CoCa-{run.args.size}", enabled=run.setup.main)
+    run.budget.not_training()  # the clock starts now, after loading and the first save
+    run.trained.train()
+    while run.state.total_steps is None or run.state.step < run.state.total_steps:
+        logged = train_step(run)
+        stopping = logged["stop"] > 0  # a Ctrl-C on any rank: every rank stops at this step
+        if stopping or evaluation_due(run):
+            evaluate_and_save(run, stopping)
+        if stopping:
+            run.progress.close()
+            if run.setup.main:
+                print(f"interrupted: saved {run.ckpt_path} at step {run.state.step}; continue with --resume")
+            D.cleanup()
+            sys.exit(130)  # 128 + SIGINT: `train.py && next` does not go on after a Ctrl-C
+    run.progress.close()
 
-    def on_interrupt(signum, frame):  # first Ctrl-C: finish this step, save, exit; second: now
-        nonlocal stop_requested
-        if stop_requested:
+
+def train_step(run) -> dict:
+    """One optimizer step: forward and backward over this rank's micro-batches (the loss of the
+    global batch, distributed.py), gradient clipping, the schedule's lr, AdamW, the temperature's
+    cap. -> the losses, averaged over ranks, and "stop" (a Ctrl-C on some rank)."""
+    args, state, t0 = run.args, run.state, time.monotonic()
+    micro_batches = [[t.to(run.setup.device, non_blocking=True) for t in next_batch(run)] for _ in range(args.accum)]
+    if args.nan_at_step == state.step + 1:
+        micro_batches[0][0] = micro_batches[0][0] * float("nan")  # NaN pixels: a NaN loss, for the tests
+    losses = D.forward_backward(run.trained, micro_batches, run.config.pad_id, args.caption_weight,
+                                args.contrastive_weight, run.setup.autocast)  # fmt: skip
+    logged = D.mean_over_ranks({**losses, "stop": torch.tensor(float(run.ctrl_c.requested), device=run.setup.device)})
+    if not math.isfinite(logged["loss"]):
+        stop(run, f"the loss is {logged['loss']} at step {state.step + 1} (contrastive {logged['contrastive']:.4g}, "
+                  f"caption {logged['caption']:.4g}); the model was not updated with it")  # fmt: skip
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip or float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
+    if not math.isfinite(grad_norm):  # finite loss, infinite gradient: do not step with it
+        stop(run, f"the gradient norm is {grad_norm} at step {state.step + 1}; the model was not updated with it")
+    lr = run.schedule.lr(state.step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.model.clamp_logit_scale_()  # s = 1/σ <= 100, on the parameter (a clamp in forward has no gradient)
+    state.step += 1
+    state.history.append({"step": state.step, "lr": lr, **{k: logged[k] for k in ("loss", "contrastive", "caption")}})
+    planned = run.budget.step_done(state.step)
+    if planned is not None:  # every rank must run the same number of steps: rank 0's plan
+        state.total_steps = D.broadcast_int(planned)
+    run.schedule.advance(state.step, state.total_steps)
+    run.progress.update(state.step, state.total_steps, loss=logged["loss"], con=logged["contrastive"],
+                        cap=logged["caption"], lr=lr, pairs_s=args.batch_size / max(time.monotonic() - t0, 1e-9))  # fmt: skip
+    return logged
+
+
+def next_batch(run):
+    """The next micro-batch; an image that broke after the check (--strict) ends the run in one line."""
+    try:
+        return next(run.batches)
+    except (OSError, ValueError) as error:
+        last_line = str(error).strip().splitlines()[-1]  # a loader worker's error ends with the original one,
+        stop(run, last_line.removeprefix(f"{type(error).__name__}: "))  # as "OSError: could not decode …"
+
+
+def stop(run, why):
+    run.progress.close()
+    sys.exit(f"stopping: {why}. The last good checkpoint is {run.ckpt_path} (step {run.last_saved}).")
+
+
+def evaluation_due(run) -> bool:
+    """Every --eval-every steps, or at each quarter of the plan (once each: a re-plan moves the
+    quarters still ahead), and at the last step."""
+    args, step, total = run.args, run.state.step, run.state.total_steps
+    quarter_due = not args.eval_every and quarters_passed(step, total) > run.state.quarters_done
+    return step == total or quarter_due or bool(args.eval_every and step % args.eval_every == 0)
+
+
+def evaluate_and_save(run, stopping):
+    """Evaluate on the validation subset (rank 0; not after a Ctrl-C), save, plot. Every rank
+    calls it; the time it takes is not training time."""
+    weights = gathered_weights(run.model)  # FSDP: whole weights on rank 0, to evaluate and save
+    if run.setup.main and run.val_set is not None and not stopping:
+        model = evaluation_model(run, weights)
+        figures = evaluate_during_training(model, run.tokenizer, run.val_set, run.args, run.config)
+        run.state.evaluations.append({"step": run.state.step, **figures})
+        run.progress.write(f"step {run.state.step} (validation subset): " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+    run.state.quarters_done = max(run.state.quarters_done, quarters_passed(run.state.step, run.state.total_steps))
+    run.last_saved = save(run, "interrupted" if stopping else "periodic", weights)
+    if run.setup.main:
+        plot_training(run.state.history, run.state.evaluations, run.args.out)
+    D.barrier()
+    run.budget.not_training()
+
+
+def evaluation_model(run, weights):
+    """The model rank 0 evaluates: the model itself, or a whole copy of a sharded one (whose
+    forward pass needs every rank)."""
+    if weights is None:
+        return run.model
+    copy = CoCa(run.config).to(run.setup.device)
+    copy.load_state_dict(weights)
+    return copy
+
+
+def save(run, reason, weights=None) -> int:
+    """Write OUT/ckpt.pt (atomic; the weights whole, loadable on one device), the sharded state
+    (--checkpoint sharded: every rank writes its shards), history.json and args.json. Every rank
+    calls it. -> the step saved."""
+    args, state = run.args, run.state
+    weights = gathered_weights(run.model) if weights is None else weights
+    shards, optimizer_state = None, None
+    if args.checkpoint == "sharded":  # each rank its shards of the weights and of AdamW's state
+        shards = f"{SHARDED}/step-{state.step:08d}"
+        save_sharded(args.out / shards, run.model, run.optimizer)
+    else:  # the optimizer state whole, on rank 0
+        optimizer_state = gathered_optimizer_state(run.model, run.optimizer)
+    if isinstance(run.batches, ShardBatches):
+        state.data_positions = D.all_gather_objects(run.batches.position())
+    state.train_seconds, state.lr_progress = run.budget.spent(), run.schedule.progress
+    if run.setup.main:
+        settings = {k: v for k, v in vars(args).items() if k != "given"}
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        save_checkpoint(run.ckpt_path, run.model, run.tokenizer, weights=weights, optimizer=optimizer_state,
+                        shards=shards, rng=rng, args={k: str(v) for k, v in settings.items()}, reason=reason,
+                        **asdict(state))  # fmt: skip
+        for old in (args.out / SHARDED).glob("step-*"):  # the checkpoint no longer names them
+            if shards is None or old.name != Path(shards).name:
+                shutil.rmtree(old, ignore_errors=True)
+        write_json(args.out / "history.json", {"history": state.history, "evaluations": state.evaluations})
+        write_json(args.out / "args.json", settings)  # what a --resume continues with (train.py)
+    return state.step
+
+
+class CtrlC:
+    """While in use: the first Ctrl-C sets `requested` (the loop finishes its step, saves and
+    exits); a second raises KeyboardInterrupt at once."""
+
+    requested = False
+
+    def _on_signal(self, signum, frame):
+        if self.requested:
             raise KeyboardInterrupt
-        stop_requested = True
+        self.requested = True
 
-    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-    args.out.mkdir(parents=True, exist_ok=True)
-    last_saved = save("start") if not args.resume else step
-    progress_report = Progress(total_steps, step, f"training CoCa-{args.size}", enabled=main_process)
-    budget.not_training()  # the clock starts now, after loading and the first save
-    trained.train()
-    while total_steps is None or step < total_steps:
-        t0 = time.monotonic()
-        step_batches = [[t.to(device, non_blocking=True) for t in next_batch()] for _ in range(args.accum)]
-        if args.nan_at_step == step + 1:
-            step_batches[0][0] = step_batches[0][0] * float("nan")  # NaN pixels: a NaN loss, for the tests
-        losses = D.forward_backward(trained, step_batches, config.pad_id, args.caption_weight,
-                                    args.contrastive_weight, autocast)  # fmt: skip
-        logged = D.mean_over_ranks({**losses, "stop": torch.tensor(float(stop_requested), device=device)})
-        if not math.isfinite(logged["loss"]):
-            progress_report.close()
-            sys.exit(f"stopping: the loss is {logged['loss']} at step {step + 1} (contrastive "
-                     f"{logged['contrastive']:.4g}, caption {logged['caption']:.4g}); the model was not "
-                     f"updated with it. The last good checkpoint is {ckpt_path} (step {last_saved}).")  # fmt: skip
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item()
-        if not math.isfinite(grad_norm):  # finite loss, infinite gradient: do not step with it
-            progress_report.close()
-            sys.exit(f"stopping: the gradient norm is {grad_norm} at step {step + 1}; the model was not updated "
-                     f"with it. The last good checkpoint is {ckpt_path} (step {last_saved}).")  # fmt: skip
-        lr = schedule.lr(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.clamp_logit_scale_()  # s = 1/σ <= 100, on the parameter (a clamp in forward has no gradient)
-        step += 1
-        history.append({"step": step, "lr": lr, **{k: logged[k] for k in ("loss", "contrastive", "caption")}})
-        planned = budget.step_done(step)
-        if planned is not None:  # every rank must run the same number of steps: rank 0's plan
-            total_steps = D.broadcast_int(planned)
-        schedule.advance(step, total_steps)
-        rate = args.batch_size / max(time.monotonic() - t0, 1e-9)
-        progress_report.update(step, total_steps, loss=logged["loss"], con=logged["contrastive"],
-                               cap=logged["caption"], lr=lr, pairs_s=rate)  # fmt: skip
-        # evaluate every --eval-every steps, or at each quarter of the plan (once each: a re-plan
-        # moves the quarters still ahead), and at the last step
-        stopping, finished = logged["stop"] > 0, step == total_steps
-        quarter_due = not args.eval_every and quarters_passed(step, total_steps) > quarters_done
-        if stopping or finished or quarter_due or (args.eval_every and step % args.eval_every == 0):
-            if main_process and val_set is not None and not stopping:
-                figures = evaluate_during_training(model, tokenizer, val_set, args, config)
-                evaluations.append({"step": step, **figures})
-                progress_report.write(f"step {step} (validation subset): " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
-            quarters_done = max(quarters_done, quarters_passed(step, total_steps))
-            last_saved = save("interrupted" if stopping else "periodic")
-            if main_process:
-                plot_training(history, evaluations, args.out)
-            D.barrier()
-            budget.not_training()  # evaluating and saving is not training time
-            if stopping:
-                progress_report.close()
-                if main_process:
-                    print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume")
-                signal.signal(signal.SIGINT, previous_handler)
-                D.cleanup()
-                sys.exit(130)  # 128 + SIGINT: `train.py && next` does not go on after a Ctrl-C
-    progress_report.close()
-    signal.signal(signal.SIGINT, previous_handler)
-    if main_process:
-        final_report(model, tokenizer, val_set, args, config, budget.spent(), step)
-    D.cleanup()
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def __exit__(self, *exception):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def resume(saved, args, setup, model, optimizer, config) -> RunState:
+    """Load a checkpoint's weights, optimizer state (gathered or sharded) and random state into
+    this run; its RunState. Says what changed and what the resumed run will do."""
+    path = args.out / "ckpt.pt"
+    refuse_another_config(saved, config, path)  # now with the tokenizer's vocabulary size
+    if saved.get("shards"):
+        if not (args.out / saved["shards"] / ".metadata").is_file():
+            sys.exit(f"error: --resume: {path} keeps its optimizer state in {args.out / saved['shards']}, which is not "
+                     "there (with several machines, --out must be a folder they share)")  # fmt: skip
+        load_sharded(args.out / saved["shards"], model, optimizer)
+    else:
+        load_gathered(model, optimizer, saved["model"], saved["optimizer"])
+    state = RunState(**{f.name: saved[f.name] for f in fields(RunState) if f.name in saved})
+    state.total_steps = args.steps or saved["total_steps"]  # a time budget re-plans it
+    state.budgeted = saved.get("budgeted", True) and args.steps is None  # --steps N ends a time budget
+    torch.set_rng_state(saved["rng"]["torch"].cpu())
+    random.setstate(saved["rng"]["python"])
+    run_args = saved.get("args", {})  # as strings; the settings not given again are these (train.py)
+    changed = [k for k in RUN_SETTINGS if k in args.given and k in run_args and str(getattr(args, k)) != run_args[k]]
+    if setup.main and changed:
+        said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {run_args[k]})" for k in changed)
+        print(f"note: resuming with {said}: the run goes on, but not as it would have")
+    if not state.budgeted and args.steps is None and "minutes" in args.given:
+        sys.exit(f"error: --minutes: {path} is a run of a fixed number of steps ({state.total_steps}); "
+                 "give --steps N to train it on to N")  # fmt: skip
+    if setup.main and state.total_steps is not None and state.step >= state.total_steps:
+        print(f"{path} is a finished run ({state.step} steps); evaluating it again (--steps N trains on to N)")
+    elif setup.main:
+        print(f"resumed {path} at step {state.step} of {state.total_steps or 'a time budget'}")
+    return state
 
 
 def read_resumed(path, device, preset):
@@ -372,11 +523,6 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
-
-
-def ignore_ctrl_c(worker_id):
-    """Data-loader workers leave Ctrl-C to the main process, which saves and exits cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def final_report(model, tokenizer, val_set, args, config, train_seconds, step):

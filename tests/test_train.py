@@ -308,7 +308,7 @@ def test_training_twice_into_one_folder_needs_resume_or_overwrite(tmp_path):
 
 
 COLLECTIVES = {"all_reduce", "all_gather", "broadcast", "barrier", "reduce", "gather", "scatter", "all_to_all",
-               "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor", "send", "recv", "isend", "irecv"}
+               "all_gather_into_tensor", "all_gather_object", "reduce_scatter", "reduce_scatter_tensor", "send", "recv", "isend", "irecv"}
 
 
 def calls_by_function(node, function=None):
@@ -324,7 +324,7 @@ def test_every_collective_goes_through_the_device_checked_functions():
     # NCCL takes only tensors on the GPU: a CPU tensor handed to a collective fails on GPUs only,
     # where the gloo tests cannot see it. So nothing calls torch.distributed's collectives but
     # the few functions of coca_min.distributed that check the device first (next test)
-    checked = {"all_reduce", "all_gather", "broadcast_int", "barrier"}
+    checked = {"all_reduce", "all_gather", "all_gather_objects", "broadcast_int", "barrier"}
     direct = []
     for path in [ROOT / "train.py", ROOT / "sample.py", *sorted((ROOT / "coca_min").glob("*.py"))]:
         for function, call in calls_by_function(ast.parse(path.read_text())):
