@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     get_state_dict, set_state_dict)
+                                                     set_model_state_dict, set_optimizer_state_dict)
 
 from .distributed import all_reduce
 from .layers import Block
@@ -104,7 +104,7 @@ def gathered_weights(model):
 def gathered_optimizer_state(model, optimizer):
     """The optimizer state, whole on rank 0 (None on the others), indexed as a plain
     `optimizer.state_dict()` is. A collective of a sharded model: every rank calls it."""
-    if not is_sharded(model):
+    if not is_sharded(model) or not optimizer.state:  # (see save_sharded) no state yet: nothing to gather
         return optimizer.state_dict()
     state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     index = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
@@ -112,25 +112,38 @@ def gathered_optimizer_state(model, optimizer):
 
 
 def load_gathered(model, optimizer, weights, optimizer_state) -> None:
-    """Load `gathered_state`'s dicts (or a plain run's) into a model, sharded or not."""
+    """Load whole weights and an indexed optimizer state (a plain run's, or gathered_weights' and
+    gathered_optimizer_state's) into a model, sharded or not."""
     if not is_sharded(model):
         model.load_state_dict(weights)
+    else:
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    if not is_sharded(model) or not optimizer_state["state"]:
         optimizer.load_state_dict(optimizer_state)
         return
     by_name = _renamed(optimizer_state, dict(enumerate(parameter_names(model, optimizer))))
-    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=by_name,
-                   options=StateDictOptions(full_state_dict=True))  # fmt: skip
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
 def save_sharded(folder, model, optimizer) -> None:
-    """Every rank writes its shards of the weights and the optimizer state to `folder` (DCP)."""
-    weights, state = get_state_dict(model, optimizer)
-    dcp.save({"model": weights, "optimizer": state}, checkpoint_id=str(folder))
+    """Every rank writes its shards of the weights and the optimizer state to `folder` (DCP).
+
+    Before the first step AdamW has no state, and none is saved: DCP's state-dict functions would
+    make one by a step on zero gradients, and that step would count as AdamW's first (its bias
+    correction then makes the real first update 0.74 × what it should be)."""
+    saved = {"model": get_model_state_dict(model)}
+    if optimizer.state:
+        saved["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    dcp.save(saved, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
 
 
 def load_sharded(folder, model, optimizer) -> None:
     """Read `save_sharded`'s folder into a model, sharded or not, on any number of ranks."""
-    weights, state = get_state_dict(model, optimizer)
-    saved = {"model": weights, "optimizer": state}
-    dcp.load(saved, checkpoint_id=str(folder))  # in place, each rank its own shards
-    set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])
+    keys = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    saved = {"model": get_model_state_dict(model)}
+    if any(key.startswith("optimizer.") for key in keys):
+        saved["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    dcp.load(saved, checkpoint_id=str(folder), no_dist=not dist.is_initialized())  # in place, each rank its shards
+    set_model_state_dict(model, saved["model"])
+    if "optimizer" in saved:
+        set_optimizer_state_dict(model, optimizer, saved["optimizer"])

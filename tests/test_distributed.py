@@ -152,3 +152,30 @@ def test_activation_checkpointing_keeps_a_blocks_input_only_and_gives_the_same_g
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, atol=1e-12, rtol=0, msg=name)
     assert all(block.activation_checkpointing for block in model.image_encoder.blocks)
+
+
+def test_a_sharded_checkpoint_before_the_first_step_does_not_count_as_adamws_first_step(tmp_path):
+    # DCP's state-dict functions give an optimizer without state one, by a step on zero gradients:
+    # saved before training began, that step made AdamW's real first update 0.74 × its size
+    # (bias correction of step 2). A sharded save and load (here of one plain process) keep AdamW as it is.
+    from coca_min.sharding import load_sharded, save_sharded
+
+    def model_and_optimizer():
+        model = micro()[0]
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    model, optimizer = model_and_optimizer()
+    save_sharded(tmp_path / "start", model, optimizer)
+    assert not optimizer.state  # no step was taken
+    _, images, tokens = micro()
+    coca_loss(model(images, tokens), tokens, pad_id=0)["loss"].backward()
+    optimizer.step()
+    assert all(state["step"] == 1 for state in optimizer.state.values())
+    save_sharded(tmp_path / "one", model, optimizer)
+    for folder, steps in [("start", None), ("one", 1)]:
+        restored, restored_optimizer = model_and_optimizer()
+        load_sharded(tmp_path / folder, restored, restored_optimizer)
+        assert [state["step"] for state in restored_optimizer.state.values()] == [steps] * len(optimizer.state) * (steps is not None)
+        expected = model if steps else model_and_optimizer()[0]
+        for (name, value), restored_value in zip(expected.state_dict().items(), restored.state_dict().values()):
+            assert torch.equal(value, restored_value), name

@@ -4,6 +4,7 @@ import ast
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -240,6 +241,54 @@ def test_torchrun_two_processes_on_cpu_with_the_default_time_budget(tmp_path):
     assert two["step"] == 24
     for name, value in saved["model"].items():  # two nodes of one process train as one node of two
         torch.testing.assert_close(two["model"][name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def torchrun(*args, processes=2):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "train.py",
+               *QUICK[:-1], "1", *CONSTANT_LR, *map(str, args)]  # fmt: skip  (one thread per process)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(*runs):
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0] * len(runs), "\n".join(out[-3000:] for out in outputs)
+    return outputs
+
+
+@pytest.mark.distributed
+def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_path):
+    # FSDP2 at world size 2 with activation checkpointing and --accum 2: 3 steps at once (whole),
+    # or 2 steps saved sharded and resumed to the 3rd, by FSDP and by one plain process (another
+    # number of ranks: DCP re-shards), or 2 steps saved gathered and resumed by DDP; and the same 3
+    # steps by DDP alone.
+    fsdp = ["--fsdp", "--activation-checkpointing", "--accum", "2"]
+    finish(torchrun("--out", tmp_path / "whole", "--steps", 3, *fsdp),
+           torchrun("--out", tmp_path / "sharded", "--steps", 2, *fsdp),
+           torchrun("--out", tmp_path / "gathered", "--steps", 2, *fsdp, "--checkpoint", "gathered"),
+           torchrun("--out", tmp_path / "ddp", "--steps", 3, "--accum", "2"))  # fmt: skip
+    sharded = read_checkpoint(tmp_path / "sharded" / "ckpt.pt")
+    assert sharded["optimizer"] is None and [p.name for p in (tmp_path / "sharded" / "ckpt.shards").iterdir()] == ["step-00000002"]
+    assert read_checkpoint(tmp_path / "gathered" / "ckpt.pt")["optimizer"]["state"]  # whole, indexed
+    shutil.copytree(tmp_path / "sharded", tmp_path / "one_process")
+    one_process = subprocess.Popen([sys.executable, "train.py", "--out", str(tmp_path / "one_process"), *QUICK,
+                                    *CONSTANT_LR, "--steps", "3", "--accum", "2", "--resume"],
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    finish(torchrun("--out", tmp_path / "sharded", "--steps", 3, *fsdp, "--resume"),
+           torchrun("--out", tmp_path / "gathered", "--steps", 3, "--accum", "2", "--resume"), one_process)  # fmt: skip
+    whole = read_checkpoint(tmp_path / "whole" / "ckpt.pt")
+    # DDP sums in another order than FSDP's reduce-scatter: AdamW's first steps move every weight
+    # by about ±lr (2e-3) whatever its gradient's size, so a weight whose gradient is near 0 differs
+    # by a small share of lr (1.5e-5 measured); a resumed FSDP run by float rounding only
+    for name, tolerance in [("sharded", 1e-6), ("one_process", 1e-6), ("gathered", 1e-6), ("ddp", 5e-5)]:
+        other = read_checkpoint(tmp_path / name / "ckpt.pt")
+        losses = [[h["loss"] for h in run["history"]] for run in (other, whole)]
+        assert other["step"] == 3 and losses[0] == pytest.approx(losses[1], rel=1e-6), (name, losses)
+        for key, value in whole["model"].items():
+            if key.endswith("k_proj.bias"):  # gradient 0 but for float noise (softmax ignores a constant
+                continue  # added to a row's scores), which AdamW's division by its size magnifies to ±lr
+            torch.testing.assert_close(other["model"][key], value, atol=tolerance, rtol=0, msg=f"{name}: {key}")
+    model = load_checkpoint(tmp_path / "sharded" / "ckpt.pt")["model"]  # the weights whole: one device, inference
+    assert model(torch.zeros(1, 3, 48, 48), torch.tensor([[1, 5, 6]]))["logits"].shape == (1, 2, model.config.vocab_size)
 
 
 def write_manifest(folder, count=32, bad_row=True):
