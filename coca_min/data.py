@@ -28,17 +28,18 @@ MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)  # CLIP's
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
 
 
-def preprocess(image: torch.Tensor, size: int, train: bool = False) -> torch.Tensor:
+def preprocess(image: torch.Tensor, size: int, train: bool = False, generator=None) -> torch.Tensor:
     """(3, H, W) uint8 -> (3, size, size) normalised float: a square crop, resized.
 
     Evaluation takes the centre square of the shorter side; training a random square of 85-100%
-    of the shorter side at a random place (light random-crop augmentation).
+    of the shorter side at a random place (light random-crop augmentation), drawn from `generator`
+    (default: torch's global one).
     """
     _, H, W = image.shape
     side = min(H, W)
     if train:
-        side = max(1, int(side * (0.85 + 0.15 * torch.rand(()).item())))  # a 1 px image stays 1 px
-        top, left = (torch.randint(n - side + 1, ()).item() for n in (H, W))
+        side = max(1, int(side * (0.85 + 0.15 * torch.rand((), generator=generator).item())))  # 1 px stays 1 px
+        top, left = (torch.randint(n - side + 1, (), generator=generator).item() for n in (H, W))
     else:
         top, left = (H - side) // 2, (W - side) // 2
     crop = image[:, top : top + side, left : left + side].float()[None] / 255  # (1, 3, s, s)

@@ -88,10 +88,12 @@ class ShardBatches:
     def __init__(self, reader: ShardReader, micro_batch, workers=0, pin_memory=False, position=None):
         self.reader = reader
         self.loader = DataLoader(reader, batch_size=micro_batch, collate_fn=shard_collate, num_workers=workers,
-                                 drop_last=True, pin_memory=pin_memory, worker_init_fn=ignore_ctrl_c)  # fmt: skip
+                                 drop_last=True, pin_memory=pin_memory, worker_init_fn=ignore_ctrl_c,
+                                 generator=torch.Generator().manual_seed(reader.seed))  # not the global one: a resume draws the same
+
         self.epoch, self.done = (position["epoch"], dict(position["done"])) if position else (0, {})
         self.reader.set_epoch(self.epoch, self.done)
-        self.batches, self.empty_epochs = iter(self.loader), 0
+        self.batches = iter(self.loader)
 
     def __next__(self):
         for _ in range(2):

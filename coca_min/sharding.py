@@ -29,6 +29,9 @@ Left out: mixed-precision policies of FSDP (bf16 autocast covers the compute), C
 and hybrid sharding (FSDP within a node, replicas across nodes).
 """
 
+import warnings
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -134,7 +137,8 @@ def save_sharded(folder, model, optimizer) -> None:
     saved = {"model": get_model_state_dict(model)}
     if optimizer.state:
         saved["optimizer"] = get_optimizer_state_dict(model, optimizer)
-    dcp.save(saved, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
+    with _one_process_is_meant():
+        dcp.save(saved, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
 
 
 def load_sharded(folder, model, optimizer) -> None:
@@ -143,7 +147,17 @@ def load_sharded(folder, model, optimizer) -> None:
     saved = {"model": get_model_state_dict(model)}
     if any(key.startswith("optimizer.") for key in keys):
         saved["optimizer"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(saved, checkpoint_id=str(folder), no_dist=not dist.is_initialized())  # in place, each rank its shards
+    with _one_process_is_meant():
+        dcp.load(saved, checkpoint_id=str(folder), no_dist=not dist.is_initialized())  # in place, each rank its shards
     set_model_state_dict(model, saved["model"])
     if "optimizer" in saved:
         set_optimizer_state_dict(model, optimizer, saved["optimizer"])
+
+
+
+@contextmanager
+def _one_process_is_meant():
+    """DCP warns that it works in one process even when told to (no_dist): quiet that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield

@@ -15,7 +15,8 @@ incomplete or does not decode is skipped, counted, and named in one warning per 
 Each item carries its place, (shard name, index in the shard). Within a shard, the items that
 training consumed are a prefix, so `{shard: samples consumed}` (`advance`) is an exact position
 in the epoch: a reader given it skips what was consumed, even with other numbers of ranks or
-workers. Left out: object stores (s3://, http://), decoding on the GPU, shuffling within a shard.
+workers. A training sample's caption (of several) and random crop are drawn from (seed, epoch,
+shard, index) alone: the same in any worker, on any rank, and after a resume. Left out: object stores (s3://, http://), decoding on the GPU, shuffling within a shard.
 """
 
 import io
@@ -196,19 +197,15 @@ class ShardReader(torch.utils.data.IterableDataset):
                 except (ValueError, UnicodeDecodeError) as error:
                     bad.append(f"{key}: {error}")
                     continue
-                caption = captions[self._caption_index(path.name, index, len(captions))]
+                rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(path.name.encode()), index])
+                caption = captions[int(rng.integers(len(captions))) if self.train else 0]
                 tokens = torch.tensor(self.tokenizer.encode(caption, self.context_length, pad=False))
-                yield preprocess(pixels, self.image_size, self.train), tokens, (path.name, index)
+                crop = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
+                yield preprocess(pixels, self.image_size, self.train, crop), tokens, (path.name, index)
             if bad or broken:
                 self.skipped += len(bad)
                 first = f" ({bad[0]}{', ...' if len(bad) > 1 else ''})" if bad else ""
                 warnings.warn(f"{path.name}: {len(bad)} sample{'s' * (len(bad) != 1)} skipped{first}{broken}")
-
-    def _caption_index(self, shard, index, n):
-        if not self.train or n == 1:
-            return 0
-        rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(shard.encode()), index])  # same in any worker
-        return int(rng.integers(n))
 
 
 def shard_collate(batch, pad_id=0):

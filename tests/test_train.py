@@ -257,6 +257,9 @@ def finish(*runs):
 
 @pytest.mark.distributed
 def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_path):
+    from coca_min.data import TinyShapes
+    from coca_min.shards import write_shards
+
     # FSDP2 at world size 2 with activation checkpointing and --accum 2: 3 steps at once (whole),
     # or 2 steps saved sharded and resumed to the 3rd, by FSDP and by one plain process (another
     # number of ranks: DCP re-shards), or 2 steps saved gathered and resumed by DDP; and the same 3
@@ -270,6 +273,10 @@ def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_pa
     assert sharded["optimizer"] is None and [p.name for p in (tmp_path / "sharded" / "ckpt.shards").iterdir()] == ["step-00000002"]
     assert read_checkpoint(tmp_path / "gathered" / "ckpt.pt")["optimizer"]["state"]  # whole, indexed
     shutil.copytree(tmp_path / "sharded", tmp_path / "one_process")
+    val = TinyShapes("val", limit=64)  # 8 shards of 8: 4 for each rank
+    rgb = val.palette[val.pixels.long()].numpy()
+    write_shards(((f"{i:04d}", rgb[i], val.captions[i]) for i in range(64)), tmp_path / "shards", per_shard=8)
+    shards_run = torchrun("--out", tmp_path / "from_shards", "--steps", 3, "--fsdp", "--data", tmp_path / "shards")
     one_process = subprocess.Popen([sys.executable, "train.py", "--out", str(tmp_path / "one_process"), *QUICK,
                                     *CONSTANT_LR, "--steps", "3", "--accum", "2", "--resume"],
                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -287,6 +294,10 @@ def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_pa
             if key.endswith("k_proj.bias"):  # gradient 0 but for float noise (softmax ignores a constant
                 continue  # added to a row's scores), which AdamW's division by its size magnifies to ±lr
             torch.testing.assert_close(other["model"][key], value, atol=tolerance, rtol=0, msg=f"{name}: {key}")
+    assert shards_run.wait(timeout=600) == 0, shards_run.stdout.read()[-3000:]
+    positions = read_checkpoint(tmp_path / "from_shards" / "ckpt.pt")["data_positions"]  # 8 pairs a step on each rank
+    assert [p["epoch"] for p in positions] == [0, 0] and [sum(p["done"].values()) for p in positions] == [24, 24]
+    assert not set(positions[0]["done"]) & set(positions[1]["done"])  # each rank its own shards
     model = load_checkpoint(tmp_path / "sharded" / "ckpt.pt")["model"]  # the weights whole: one device, inference
     assert model(torch.zeros(1, 3, 48, 48), torch.tensor([[1, 5, 6]]))["logits"].shape == (1, 2, model.config.vocab_size)
 
@@ -331,6 +342,28 @@ def test_real_data_from_a_manifest_trains_and_a_bad_row_is_one_warning_line(tmp_
     report = json.loads((tmp_path / "out" / "tiny" / "report.json").read_text())
     assert 0 <= report["val"]["image_to_text_R@1"] <= 1 and report["run"]["steps"] == 4
     assert manifest.read_text().count("\n") == 34  # the manifest is read, never changed
+
+
+def test_training_from_tar_shards_resumes_mid_epoch_exactly(tmp_path):
+    # 40 tiny_data images in 7 shards of up to 6: 5 steps of 8 pairs cross shards and an epoch's
+    # end (40 // 8 = 5 steps an epoch: step 6 starts the next); 3 steps, then resumed to 7, equal 7 at once
+    from coca_min.data import TinyShapes
+    from coca_min.shards import write_shards
+
+    val = TinyShapes("val", limit=40)
+    rgb = val.palette[val.pixels.long()].numpy()
+    write_shards(((f"{i:04d}", rgb[i], val.captions[i]) for i in range(40)), tmp_path / "shards", per_shard=6)
+    common = ["--data", tmp_path / "shards", "--batch-size", 8, *CONSTANT_LR, "--threads", 2]
+    train.main([*map(str, ["--out", tmp_path / "whole", "--steps", 7, *common])])
+    train.main([*map(str, ["--out", tmp_path / "resumed", "--steps", 3, *common])])
+    position = read_checkpoint(tmp_path / "resumed" / "ckpt.pt")["data_positions"]
+    assert len(position) == 1 and position[0]["epoch"] == 0 and sum(position[0]["done"].values()) == 24
+    train.main([*map(str, ["--out", tmp_path / "resumed", "--steps", 7, "--resume", *common])])
+    whole, resumed = (read_checkpoint(tmp_path / name / "ckpt.pt") for name in ["whole", "resumed"])
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert resumed["data_positions"] == whole["data_positions"] and whole["data_positions"][0]["epoch"] == 1
+    for name, value in whole["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
 
 
 @pytest.mark.parametrize("workers", [0, 1])  # in this process, or in a data-loader worker
