@@ -9,12 +9,15 @@ decay (schedule.py). Left out: the paper's Adafactor with linear decay over 500k
 65,536 (§4.1), and the one epoch at 576 px that ends its pretraining.
 
 One optimizer step uses `--batch-size` pairs in all, split over processes and `--accum`
-micro-batches. Outputs in --out: ckpt.pt (atomic), history.json (losses and lr per step,
+micro-batches. The file reads from top to bottom: `train`, then the set-up, the data, the model
+and its wrapping (FSDP2 or DDP, compile, activation checkpointing), a resumed run's state, the
+loop and its step, the evaluations and saves. What a run prints and writes besides its
+checkpoint is train_report.py; the streams of batches are loader.py. Outputs in --out: ckpt.pt (atomic; with
+`--checkpoint sharded` also ckpt.shards/, each rank's shards of the weights and AdamW's state), history.json (losses and lr per step,
 evaluations), args.json (the arguments, which a --resume keeps), report.json, losses.png,
 lr.png, metrics.png (and confusion.png on the tiny set).
 """
 
-import json
 import math
 import os
 import random
@@ -28,91 +31,21 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from . import PRESETS, CoCa
 from . import distributed as D
 from .checkpoint import config_of, read_checkpoint, save_checkpoint
 from .cli import RUN_SETTINGS
-from .data import TinyShapes, collate
-from .evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
+from .data import TinyShapes
 from .image_files import CaptionManifest, CocoCaptions
 from .loader import EpochBatches, ShardBatches, shard_position
-from .losses import coca_loss
 from .plots import plot_training
 from .schedule import FakeClock, Schedule, TimeBudget
 from .sharding import (gathered_optimizer_state, gathered_weights, is_sharded, load_gathered, load_sharded, save_sharded,
                        set_activation_checkpointing, shard_model)
 from .shards import ShardReader, all_captions
 from .tokenizer import Tokenizer
-
-
-def build_data(args, config):
-    """(train set, tokenizer, validation set or None, config with the tokenizer's vocab size).
-    A file or row that cannot be used ends the run with one line (train.py checked the paths)."""
-    try:
-        if args.data == "tiny":
-            train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
-            val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 256)
-            return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)
-        tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None  # None: trained below
-        sets = {}
-        for name, path in [("train", args.data), ("val", args.val_data)]:  # each file in its own format
-            if name == "train" and Path(path).is_dir():  # a folder of tar shards, streamed (shards.py)
-                sets[name] = ShardReader(path, tokenizer, config.image_size, config.context_length, seed=args.seed)
-                continue
-            kind = CocoCaptions if path and path.lower().endswith(".json") else CaptionManifest
-            sets[name] = kind(path, args.images, tokenizer, config.image_size, config.context_length,
-                              train=name == "train", strict=args.strict, seed=args.seed) if path else None  # fmt: skip
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")
-    if tokenizer is None:  # every rank trains the same tokenizer from the same captions: no communication
-        streamed = isinstance(sets["train"], ShardReader)
-        captions = all_captions(args.data) if streamed else [c for caps in sets["train"].captions for c in caps]
-        tokenizer = Tokenizer.train(captions, args.vocab_size)
-        for dataset in filter(None, sets.values()):
-            dataset.tokenizer = tokenizer  # read once (and their images checked once), before it existed
-    return sets["train"], tokenizer, sets["val"], replace(config, vocab_size=tokenizer.vocab_size)
-
-
-def make_optimizer(model, args, fused=False):
-    """AdamW with weight decay on matrices only (not biases, norms, the scale), and the image
-    encoder's own learning rate (`--image-lr-scale` × the schedule's)."""
-    groups = []
-    for name_is_image, scale in [(True, args.image_lr_scale), (False, 1.0)]:
-        params = [p for n, p in model.named_parameters() if n.startswith("image_encoder.") == name_is_image]
-        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=fused)
-
-
-@torch.no_grad()
-def evaluate_during_training(model, tokenizer, val, args, config):
-    """Quick validation figures: loss, retrieval R@1, and on the tiny set, on small subsets,
-    zero-shot top-1 (also on the held-out colour-shape pairs alone, and colour and shape
-    accuracy on their own) and the greedy captions' object F1 on `val` and on `test_comp`
-    (images with held-out pairs): what a run learns first, and what it does not."""
-    model.eval()
-    device = next(model.parameters()).device
-    images, tokens = collate([val[i] for i in range(min(len(val), 256))])
-    outputs = model(images.to(device), tokens.to(device))
-    losses = coca_loss(outputs, tokens.to(device), config.pad_id, args.caption_weight, args.contrastive_weight)
-    out = {"val_loss": losses["loss"].item()}
-    out.update(evaluate_retrieval(model, val, ks=(1,)))
-    if args.data == "tiny":
-        classes = TinyShapes("classes", tokenizer, config.context_length, limit=min(args.eval_images or 400, 1000))
-        zero_shot = evaluate_tiny_zero_shot(model, tokenizer, classes)[0]
-        out["zero_shot_top1"] = zero_shot["top1"]
-        out["zero_shot_top1_held_out"] = zero_shot["top1_held_out"]
-        out["zero_shot_colour"] = zero_shot["colour_accuracy"]
-        out["zero_shot_shape"] = zero_shot["shape_accuracy"]
-        subset = TinyShapes("val", tokenizer, config.context_length, limit=min(len(val), 128))
-        out["caption_object_F1"] = evaluate_captions(model, subset)[0]["object_F1"]
-        held_out = TinyShapes("test_comp", tokenizer, config.context_length, limit=min(args.eval_images or 128, 128))
-        out["caption_object_F1_comp"] = evaluate_captions(model, held_out)[0]["object_F1"]
-    model.train()
-    return out
-
+from .train_report import Progress, evaluate_during_training, final_report, write_json
 
 SHARDED = "ckpt.shards"  # in --out: the folders of sharded checkpoints (--checkpoint sharded)
 
@@ -228,6 +161,45 @@ def set_up(args) -> Setup:
                  micro_batch=args.batch_size // (world * args.accum))  # fmt: skip  (train.py checked that it divides)
 
 
+def build_data(args, config):
+    """(train set, tokenizer, validation set or None, config with the tokenizer's vocab size).
+    A file or row that cannot be used ends the run with one line (train.py checked the paths)."""
+    try:
+        if args.data == "tiny":
+            train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
+            val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 256)
+            return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)
+        tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None  # None: trained below
+        sets = {}
+        for name, path in [("train", args.data), ("val", args.val_data)]:  # each file in its own format
+            if name == "train" and Path(path).is_dir():  # a folder of tar shards, streamed (shards.py)
+                sets[name] = ShardReader(path, tokenizer, config.image_size, config.context_length, seed=args.seed)
+                continue
+            kind = CocoCaptions if path and path.lower().endswith(".json") else CaptionManifest
+            sets[name] = kind(path, args.images, tokenizer, config.image_size, config.context_length,
+                              train=name == "train", strict=args.strict, seed=args.seed) if path else None  # fmt: skip
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    if tokenizer is None:  # every rank trains the same tokenizer from the same captions: no communication
+        streamed = isinstance(sets["train"], ShardReader)
+        captions = all_captions(args.data) if streamed else [c for caps in sets["train"].captions for c in caps]
+        tokenizer = Tokenizer.train(captions, args.vocab_size)
+        for dataset in filter(None, sets.values()):
+            dataset.tokenizer = tokenizer  # read once (and their images checked once), before it existed
+    return sets["train"], tokenizer, sets["val"], replace(config, vocab_size=tokenizer.vocab_size)
+
+
+def make_optimizer(model, args, fused=False):
+    """AdamW with weight decay on matrices only (not biases, norms, the scale), and the image
+    encoder's own learning rate (`--image-lr-scale` × the schedule's)."""
+    groups = []
+    for name_is_image, scale in [(True, args.image_lr_scale), (False, 1.0)]:
+        params = [p for n, p in model.named_parameters() if n.startswith("image_encoder.") == name_is_image]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=fused)
+
+
 def build_model(args, setup, config):
     """(CoCa on its device, AdamW): sharded with FSDP2 (--fsdp) and recomputing its blocks'
     activations (--activation-checkpointing) as asked; the optimizer is made after sharding, on
@@ -270,6 +242,59 @@ def plan(args, state):
     clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
     budget = TimeBudget(args.minutes * 60 if state.budgeted else None, clock, spent=state.train_seconds)
     return schedule, budget
+
+
+def resume(saved, args, setup, model, optimizer, config) -> RunState:
+    """Load a checkpoint's weights, optimizer state (gathered or sharded) and random state into
+    this run; its RunState. Says what changed and what the resumed run will do."""
+    path = args.out / "ckpt.pt"
+    refuse_another_config(saved, config, path)  # now with the tokenizer's vocabulary size
+    if saved.get("shards"):
+        if not (args.out / saved["shards"] / ".metadata").is_file():
+            sys.exit(f"error: --resume: {path} keeps its optimizer state in {args.out / saved['shards']}, which is not "
+                     "there (with several machines, --out must be a folder they share)")  # fmt: skip
+        load_sharded(args.out / saved["shards"], model, optimizer)
+    else:
+        load_gathered(model, optimizer, saved["model"], saved["optimizer"])
+    state = RunState(**{f.name: saved[f.name] for f in fields(RunState) if f.name in saved})
+    state.total_steps = args.steps or saved["total_steps"]  # a time budget re-plans it
+    state.budgeted = saved.get("budgeted", True) and args.steps is None  # --steps N ends a time budget
+    torch.set_rng_state(saved["rng"]["torch"].cpu())
+    random.setstate(saved["rng"]["python"])
+    run_args = saved.get("args", {})  # as strings; the settings not given again are these (train.py)
+    changed = [k for k in RUN_SETTINGS if k in args.given and k in run_args and str(getattr(args, k)) != run_args[k]]
+    if setup.main and changed:
+        said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {run_args[k]})" for k in changed)
+        print(f"note: resuming with {said}: the run goes on, but not as it would have")
+    if not state.budgeted and args.steps is None and "minutes" in args.given:
+        sys.exit(f"error: --minutes: {path} is a run of a fixed number of steps ({state.total_steps}); "
+                 "give --steps N to train it on to N")  # fmt: skip
+    if setup.main and state.total_steps is not None and state.step >= state.total_steps:
+        print(f"{path} is a finished run ({state.step} steps); evaluating it again (--steps N trains on to N)")
+    elif setup.main:
+        print(f"resumed {path} at step {state.step} of {state.total_steps or 'a time budget'}")
+    return state
+
+
+def read_resumed(path, device, preset):
+    """The checkpoint to resume, read before the data is: a wrong file, one not written by
+    train.py or one of another model size ends the run in seconds, with one line."""
+    try:
+        saved = read_checkpoint(path, device)
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: --resume: {error}")
+    missing = [key for key in ("optimizer", "step", "total_steps", "history", "evaluations", "rng") if key not in saved]
+    if missing:
+        sys.exit(f"error: --resume: {path} holds a model but not a training run (no {', '.join(missing)})")
+    refuse_another_config(saved, replace(preset, vocab_size=config_of(saved, path).vocab_size), path)
+    return saved
+
+
+def refuse_another_config(saved, config, path):
+    differences = config_of(saved, path).differences(config)
+    if differences:
+        changes = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differences.items())
+        sys.exit(f"error: {path} was made with a different model config ({changes})")
 
 
 def training_loop(run):
@@ -424,136 +449,7 @@ class CtrlC:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def resume(saved, args, setup, model, optimizer, config) -> RunState:
-    """Load a checkpoint's weights, optimizer state (gathered or sharded) and random state into
-    this run; its RunState. Says what changed and what the resumed run will do."""
-    path = args.out / "ckpt.pt"
-    refuse_another_config(saved, config, path)  # now with the tokenizer's vocabulary size
-    if saved.get("shards"):
-        if not (args.out / saved["shards"] / ".metadata").is_file():
-            sys.exit(f"error: --resume: {path} keeps its optimizer state in {args.out / saved['shards']}, which is not "
-                     "there (with several machines, --out must be a folder they share)")  # fmt: skip
-        load_sharded(args.out / saved["shards"], model, optimizer)
-    else:
-        load_gathered(model, optimizer, saved["model"], saved["optimizer"])
-    state = RunState(**{f.name: saved[f.name] for f in fields(RunState) if f.name in saved})
-    state.total_steps = args.steps or saved["total_steps"]  # a time budget re-plans it
-    state.budgeted = saved.get("budgeted", True) and args.steps is None  # --steps N ends a time budget
-    torch.set_rng_state(saved["rng"]["torch"].cpu())
-    random.setstate(saved["rng"]["python"])
-    run_args = saved.get("args", {})  # as strings; the settings not given again are these (train.py)
-    changed = [k for k in RUN_SETTINGS if k in args.given and k in run_args and str(getattr(args, k)) != run_args[k]]
-    if setup.main and changed:
-        said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {run_args[k]})" for k in changed)
-        print(f"note: resuming with {said}: the run goes on, but not as it would have")
-    if not state.budgeted and args.steps is None and "minutes" in args.given:
-        sys.exit(f"error: --minutes: {path} is a run of a fixed number of steps ({state.total_steps}); "
-                 "give --steps N to train it on to N")  # fmt: skip
-    if setup.main and state.total_steps is not None and state.step >= state.total_steps:
-        print(f"{path} is a finished run ({state.step} steps); evaluating it again (--steps N trains on to N)")
-    elif setup.main:
-        print(f"resumed {path} at step {state.step} of {state.total_steps or 'a time budget'}")
-    return state
-
-
-def read_resumed(path, device, preset):
-    """The checkpoint to resume, read before the data is: a wrong file, one not written by
-    train.py or one of another model size ends the run in seconds, with one line."""
-    try:
-        saved = read_checkpoint(path, device)
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: --resume: {error}")
-    missing = [key for key in ("optimizer", "step", "total_steps", "history", "evaluations", "rng") if key not in saved]
-    if missing:
-        sys.exit(f"error: --resume: {path} holds a model but not a training run (no {', '.join(missing)})")
-    refuse_another_config(saved, replace(preset, vocab_size=config_of(saved, path).vocab_size), path)
-    return saved
-
-
-def refuse_another_config(saved, config, path):
-    differences = config_of(saved, path).differences(config)
-    if differences:
-        changes = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differences.items())
-        sys.exit(f"error: {path} was made with a different model config ({changes})")
-
-
 def quarters_passed(step, total_steps):
     """How many of the quarters T/4, T/2, 3T/4 of the planned steps T lie at or before `step`
     (none before there is a plan)."""
     return 0 if total_steps is None else sum(k * total_steps // 4 <= step for k in (1, 2, 3))
-
-
-def write_json(path, data):
-    """Written to a temporary file, then renamed: never half a file. history.json holds one row
-    per step (loss, contrastive, caption, lr) and the evaluations, to plot a run without loading
-    the checkpoint; args.json the run's arguments."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, default=str) + "\n")  # default: Path -> str
-    os.replace(temporary, path)
-
-
-class Progress:
-    """Training progress: a tqdm bar in a terminal; elsewhere (a file, a CI log), where a bar
-    leaves thousands of carriage-return fragments, one plain line every `every` seconds and at
-    the last step."""
-
-    def __init__(self, total, initial, desc, enabled=True, every=10.0):
-        self.tty, self.enabled, self.every, self.desc = sys.stderr.isatty(), enabled, every, desc
-        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True) if enabled and self.tty else None
-        self.last_line = time.monotonic()
-
-    def update(self, step, total, **figures):
-        text = {k: f"{v:.3f}" if k != "lr" else f"{v:.2e}" for k, v in figures.items()}
-        text["pairs_s"] = f"{figures['pairs_s']:.0f}"
-        if self.bar is not None:
-            self.bar.total = total
-            self.bar.set_postfix(text, refresh=False)
-            self.bar.update(1)
-        elif self.enabled and (time.monotonic() - self.last_line >= self.every or step == total):
-            self.last_line = time.monotonic()
-            print(f"{self.desc}: step {step}/{total or '?'}  " + "  ".join(f"{k} {v}" for k, v in text.items()),
-                  file=sys.stderr, flush=True)  # fmt: skip
-
-    def write(self, line):
-        if self.bar is not None:
-            self.bar.write(line)
-        elif self.enabled:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
-    """Evaluate on the test splits (tiny) or the validation set (real data); print a table and
-    write report.json (and the zero-shot confusion matrix for the tiny set)."""
-    model.eval()
-    t0 = time.monotonic()
-    if args.data == "tiny":
-        report, (scores, labels) = tiny_report(model, tokenizer, limit=args.eval_images)
-        plot_confusion(scores, labels, TINY_CLASSES, args.out / "confusion.png")
-    elif val_set is not None:
-        report = {"val": {**evaluate_retrieval(model, val_set), **evaluate_captions(model, val_set)[0]}}
-    else:
-        report = {}
-    report["run"] = {"steps": step, "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.monotonic() - t0, 1),
-                     "parameters": sum(p.numel() for p in model.parameters()), "size": args.size}  # fmt: skip
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    n = args.eval_images
-    what = ((f"the first {n} images of each split (--eval-images)" if n else
-             "whole test splits; zero-shot on `classes`; hard negatives on 500 test images") if args.data == "tiny"
-            else f"{args.val_data}" if val_set is not None else None)  # fmt: skip
-    if what is None:
-        print("\nno final report: there is no evaluation set (give --val-data FILE)")
-    else:
-        print(f"\nfinal report ({what}):")
-        print(f"{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))
-    rows = sorted({k for split, r in report.items() if split != "run" for k, v in r.items() if isinstance(v, float)})
-    for key in rows:
-        print(f"{key:<24}" + "".join(f"{r[key]:>13.3f}" if key in r else f"{'':>13}" for s, r in report.items() if s != "run"))
-    for split in ("test", "test_comp"):
-        for example in report.get(split, {}).get("examples", [])[:3]:
-            print(f"[{split}] {example['generated']!r}  (reference: {example['reference']!r})")
-    print(f"trained {step} steps in {train_seconds:.0f} s, evaluated in {report['run']['eval_seconds']:.0f} s -> {args.out}/")
-

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import train
-from coca_min import PRESETS, CoCa, trainer
+from coca_min import PRESETS, CoCa, train_report, trainer
 from coca_min.checkpoint import load_checkpoint, read_checkpoint
 from coca_min.schedule import FakeClock
 
@@ -439,13 +439,13 @@ def test_a_collective_refuses_a_tensor_off_the_process_groups_device(monkeypatch
 def test_evaluation_during_training_reads_at_most_eval_images_of_every_split(tiny, monkeypatch):
     # --eval-images bounds every split the quick evaluation reads (test_comp's 128 did not obey)
     read = []
-    real = trainer.TinyShapes
+    real = train_report.TinyShapes
 
     def recording(split, *args, limit=None, **kwargs):
         read.append((split, limit))
         return real(split, *args, limit=limit, **kwargs)
 
-    monkeypatch.setattr(trainer, "TinyShapes", recording)
+    monkeypatch.setattr(train_report, "TinyShapes", recording)
     args = train.parse_args(["--eval-images", "8"])
     val = real("val", limit=8)
     figures = trainer.evaluate_during_training(tiny, val.tokenizer, val, args, tiny.config)
