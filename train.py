@@ -67,9 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile (default: on GPU only)")
     p.add_argument("--workers", type=non_negative_int, help="data loader processes (default: 0 on CPU, 4 on GPU)")
-    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and AdamW state over the processes "
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=False, help="shard weights, gradients and AdamW state over the processes "
                    "(FSDP2, one unit per transformer block; under torchrun)")
-    p.add_argument("--activation-checkpointing", action="store_true",
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=False,
                    help="recompute each block's activations in the backward pass: less memory, about 1/3 more compute")
     p.add_argument("--checkpoint", choices=["gathered", "sharded"],
                    help="how to save the optimizer state: whole in ckpt.pt, or each process its shards "
@@ -152,8 +152,11 @@ def check_arguments(args):
     if args.batch_size < 2 and args.contrastive_weight > 0:
         return "--batch-size 1: the contrastive loss needs at least 2 pairs per step (the others are its negatives)"
     world = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1  # torchrun sets both
-    if args.fsdp and world < 2:
+    if args.fsdp and world < 2 and "fsdp" in args.given:
         return "--fsdp shards the model over processes: launch with torchrun --nproc-per-node N (N >= 2)"
+    if args.fsdp and world < 2:  # a --resume of a sharded run
+        return (f"{args.out} is a run with --fsdp: resume it under torchrun --nproc-per-node N (N >= 2), or give "
+                "--no-fsdp to continue it in this one process")  # fmt: skip
     if args.batch_size % (world * args.accum):
         return (f"--batch-size {args.batch_size} must be divisible by processes ({world}) × --accum "
                 f"({args.accum}), so that every micro-batch has the same size")  # fmt: skip

@@ -103,8 +103,9 @@ class ShardBatches:
             self.epoch, self.done = self.epoch + 1, {}  # this rank's shards are done: its next epoch
             self.reader.set_epoch(self.epoch, self.done)
             self.batches = iter(self.loader)
-        raise ValueError(f"this rank's shards gave no micro-batch of {self.loader.batch_size} pairs in a whole epoch: "
-                         "write more (or smaller) shards, or use fewer processes or workers")  # fmt: skip
+        raise ValueError(f"this rank's shards gave no micro-batch of {self.loader.batch_size} pairs in a whole epoch "
+                         "(warnings above name shards or samples that could not be read): check the shards, or write "
+                         "more (or smaller) ones, or use fewer processes or workers")  # fmt: skip
 
     def position(self):
         return {"epoch": self.epoch, "done": dict(self.done)}

@@ -21,6 +21,7 @@ shard, index) alone: the same in any worker, on any rank, and after a resume. Le
 
 import io
 import json
+import os
 import tarfile
 import warnings
 import zlib
@@ -139,7 +140,8 @@ def all_captions(source) -> list[str]:
 
     paths = sorted(Path(source).glob("*.tar")) if isinstance(source, (str, Path)) else [Path(p) for p in source]
     captions = []
-    for path in tqdm(paths, desc="reading the shards' captions", unit="shard", disable=len(paths) < 20):
+    quiet = len(paths) < 20 or int(os.environ.get("RANK", 0)) > 0  # under torchrun: rank 0's bar only
+    for path in tqdm(paths, desc="reading the shards' captions", unit="shard", disable=quiet):
         for key, parts in samples_of(path):
             try:
                 captions += captions_in(parts) if key is not None else []
@@ -188,7 +190,7 @@ class ShardReader(torch.utils.data.IterableDataset):
             bad, broken = [], ""
             for index, (key, parts) in enumerate(samples_of(path)):
                 if key is None:  # the end of a shard cut short: not a sample
-                    broken = f"; {parts['error']}"
+                    broken = parts["error"]
                     continue
                 if index < self.done.get(path.name, 0):
                     continue  # consumed before the checkpoint
@@ -205,7 +207,8 @@ class ShardReader(torch.utils.data.IterableDataset):
             if bad or broken:
                 self.skipped += len(bad)
                 first = f" ({bad[0]}{', ...' if len(bad) > 1 else ''})" if bad else ""
-                warnings.warn(f"{path.name}: {len(bad)} sample{'s' * (len(bad) != 1)} skipped{first}{broken}")
+                said = [f"{len(bad)} sample{'s' * (len(bad) != 1)} skipped{first}"] * bool(bad) + [broken] * bool(broken)
+                warnings.warn(f"{path.name}: " + "; ".join(said))
 
 
 def shard_collate(batch, pad_id=0):
@@ -222,15 +225,14 @@ def advance(done: dict, places) -> dict:
 
 def write_shards_command(argv=None):
     """python -m coca_min.data write-shards (--tiny SPLIT | --manifest FILE --images DIR) --out DIR"""
-    import argparse
-
     from tqdm import tqdm
 
+    from .cli import Parser
     from .data import TinyShapes
     from .image_files import CaptionManifest
     from .shapes import SPLITS
 
-    parser = argparse.ArgumentParser(prog="python -m coca_min.data write-shards",
+    parser = Parser(prog="python -m coca_min.data write-shards",
                                      description="write image-caption data as NNNNNN.tar shards (the WebDataset layout)")  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--tiny", metavar="SPLIT", choices=list(SPLITS), help="a split of tiny_data/")
@@ -262,7 +264,8 @@ def write_shards_command(argv=None):
                 yield f"{i:08d}", raw, data.captions[i]
 
         samples = samples()
-    paths = write_shards(tqdm(samples, total=len(data), desc="writing shards", unit="sample"), out, args.per_shard)
+    samples = tqdm(samples, total=len(data), desc="writing shards", unit="sample", disable=None)  # None: not in a log file
+    paths = write_shards(samples, out, args.per_shard)
     print(f"wrote {len(data):,} samples in {len(paths)} shards to {out}")
 
 

@@ -66,7 +66,7 @@ def final_report(model, tokenizer, val_set, args, config, train_seconds, step):
              "whole test splits; zero-shot on `classes`; hard negatives on 500 test images") if args.data == "tiny"
             else f"{args.val_data}" if val_set is not None else None)  # fmt: skip
     if what is None:
-        print("\nno final report: there is no evaluation set (give --val-data FILE)")
+        print("\nno final report: there is no evaluation set (give --val-data FILE --images DIR)")
     else:
         print(f"\nfinal report ({what}):")
         print(f"{'':<24}" + "".join(f"{split:>13}" for split in report if split != "run"))

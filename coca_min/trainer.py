@@ -117,7 +117,8 @@ def train(args):
     """Train as the checked arguments of train.py say (see its --help)."""
     setup = set_up(args)
     saved = read_resumed(args.out / "ckpt.pt", setup.device, PRESETS[args.size]) if args.resume else None  # before the data
-    train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size])
+    saved_tokenizer = Tokenizer.from_state(saved["tokenizer"]) if saved and saved.get("tokenizer") else None
+    train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size], saved_tokenizer)
     model, optimizer = build_model(args, setup, config)
     if saved is not None:
         state = resume(saved, args, setup, model, optimizer, config)
@@ -161,15 +162,16 @@ def set_up(args) -> Setup:
                  micro_batch=args.batch_size // (world * args.accum))  # fmt: skip  (train.py checked that it divides)
 
 
-def build_data(args, config):
+def build_data(args, config, saved_tokenizer=None):
     """(train set, tokenizer, validation set or None, config with the tokenizer's vocab size).
-    A file or row that cannot be used ends the run with one line (train.py checked the paths)."""
+    The tokenizer: --tokenizer, else a resumed run's own, else one trained on the captions. A
+    file or row that cannot be used ends the run with one line (train.py checked the paths)."""
     try:
         if args.data == "tiny":
             train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
             val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 256)
             return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)
-        tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None  # None: trained below
+        tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else saved_tokenizer  # None: trained below
         sets = {}
         for name, path in [("train", args.data), ("val", args.val_data)]:  # each file in its own format
             if name == "train" and Path(path).is_dir():  # a folder of tar shards, streamed (shards.py)
@@ -425,6 +427,8 @@ def save(run, reason, weights=None) -> int:
         for old in (args.out / SHARDED).glob("step-*"):  # the checkpoint no longer names them
             if shards is None or old.name != Path(shards).name:
                 shutil.rmtree(old, ignore_errors=True)
+        if shards is None and (args.out / SHARDED).is_dir() and not any((args.out / SHARDED).iterdir()):
+            (args.out / SHARDED).rmdir()
         write_json(args.out / "history.json", {"history": state.history, "evaluations": state.evaluations})
         write_json(args.out / "args.json", settings)  # what a --resume continues with (train.py)
     return state.step

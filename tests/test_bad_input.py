@@ -269,6 +269,12 @@ TRAIN_CASES = [  # (id, arguments (paths relative to tmp_path), words the line m
     ("batch-size 1", ["--batch-size", 1], "--batch-size 1: the contrastive loss needs at least 2 pairs per step"),
     ("out empty", ["--out", ""], "--out is empty: give a folder"),
     ("resume and overwrite", ["--resume", "--overwrite", "--out", "old_run"], "give --resume (continue the run in --out) or --overwrite"),
+    ("fsdp without torchrun", ["--fsdp"], "--fsdp shards the model over processes: launch with torchrun --nproc-per-node N"),
+    ("a sharded run resumed in one process", ["--resume", "--out", "fsdp_run"],
+     "fsdp_run is a run with --fsdp: resume it under torchrun --nproc-per-node N (N >= 2), or give --no-fsdp"),
+    ("a folder without shards", ["--data", "empty"], "--data: empty is a folder without .tar shards (write them with"),
+    ("strict with shards", ["--data", "shards", "--strict"], "--strict is for a manifest or COCO json; from shards"),
+    ("val-data with shards, no images", ["--data", "shards", "--val-data", "pairs.jsonl"], "--val-data needs --images DIR"),
 ]
 TRAIN_CASES_AFTER_TORCH = [  # these need torch (a checkpoint to read, a GPU to look for) or the data
     ("resume a file that is not a checkpoint", ["--resume", "--out", "old_run"],
@@ -286,7 +292,11 @@ def test_train_py_bad_input_is_one_line(case, args, words, tmp_path, folder, mon
     (tmp_path / "pairs.jsonl").write_bytes(GOOD + b"\n")
     (tmp_path / "bad.jsonl").write_bytes(b'{"image": "a.png"}\n')
     (tmp_path / "empty").mkdir()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "000000.tar").write_bytes(b"")
     make_run(tmp_path / "old_run")
+    make_run(tmp_path / "fsdp_run")
+    (tmp_path / "fsdp_run" / "args.json").write_text(json.dumps({"fsdp": True, "checkpoint": "sharded"}))
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     after_torch = case in [c[0] for c in TRAIN_CASES_AFTER_TORCH]
     line = the_one_error_line("train.py", args, tmp_path, after_torch, monkeypatch, capsys)

@@ -76,9 +76,9 @@ def test_a_shard_that_breaks_off_gives_what_it_holds_and_says_so(tmp_path):
     data = paths[0].read_bytes()
     paths[0].write_bytes(data[: len(data) // 2])  # a copy cut short
     dataset = reader(tmp_path, train=False)
-    with pytest.warns(UserWarning, match=r"000000\.tar: \d samples? skipped") as caught:
+    with pytest.warns(UserWarning, match=r"000000\.tar: (\d samples? skipped[^;]*; )?the shard breaks off") as caught:
         places = [place for _, _, place in dataset]
-    assert "the shard breaks off" in str(caught[0].message)
+    assert "0 samples" not in str(caught[0].message)  # a half sample at the cut is one skipped; none is not said
     assert 5 < len(places) < 20 and places == [("000000.tar", i) for i in range(len(places))]
 
 
