@@ -110,11 +110,10 @@ def take_run_settings(args, path):
     return None
 
 
-def check_arguments(args):
-    """What is wrong with these arguments together, or with the paths they name; None if nothing.
-    Runs before torch is imported or any data is read."""
-    tiny = args.data == "tiny"
-    if tiny:
+def data_problem(args):
+    """What is wrong with --data and the flags and paths that go with it: the tiny set, a folder
+    of tar shards, or a manifest or COCO json with its image folder; None if nothing."""
+    if args.data == "tiny":
         for name in ["images", "val_data", "tokenizer", "vocab_size", "strict"]:
             if name in args.given:
                 flag = "--" + name.replace("_", "-")
@@ -143,6 +142,14 @@ def check_arguments(args):
                                   ("--tokenizer", args.tokenizer, lambda p: file_problem(p, [".json"]))]:  # fmt: skip
             if path and (problem := check(path)):
                 return f"{flag}: {problem}"
+    return None
+
+
+def check_arguments(args):
+    """What is wrong with these arguments together, or with the paths they name; None if nothing.
+    Runs before torch is imported or any data is read."""
+    if problem := data_problem(args):
+        return problem
     if args.steps is not None and args.minutes is not None:
         return "give --steps (a number of steps) or --minutes (a time budget), not both"
     if args.steps is not None and args.warmup is not None and args.warmup >= args.steps:
