@@ -69,14 +69,6 @@ def shard_model(model, activation_checkpointing=False):
     return model
 
 
-def full_state_dict(model) -> dict:
-    """Every parameter and buffer whole (gathered from the shards), on every rank: a state dict
-    that `CoCa.load_state_dict` takes on one device."""
-    from torch.distributed.tensor import DTensor
-
-    return {name: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for name, v in model.state_dict().items()}
-
-
 def is_sharded(model) -> bool:
     """Whether `shard_model` was applied (FSDP2 marks the module)."""
     from torch.distributed.fsdp import FSDPModule

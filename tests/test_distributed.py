@@ -94,7 +94,8 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(split):
 
 
 def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
-    from coca_min.sharding import full_state_dict, set_activation_checkpointing, shard_model
+    from coca_min.sharding import (gathered_optimizer_state, gathered_weights, load_gathered, set_activation_checkpointing,
+                                   shard_model)
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -112,9 +113,19 @@ def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
     parts = list(zip(images[shard].chunk(accum), tokens[shard].chunk(accum)))
     forward_backward(model, parts, pad_id=0)
     optimizer.step()
-    state = full_state_dict(model) if fsdp else {n: p.detach() for n, p in model.module.state_dict().items()}
+    weights, state = gathered_weights(model), gathered_optimizer_state(model, optimizer)  # whole, on rank 0
+    if fsdp:  # and loaded into a new sharded model (every rank reads rank 0's file, as a resumed run does)
+        torch.save((weights, state), f"{result_file}.tmp") if rank == 0 else None
+        dist.barrier()
+        again, optimizer_again = micro()[0], None
+        shard_model(again)
+        optimizer_again = torch.optim.AdamW(again.parameters(), lr=1e-2, eps=1e-6)
+        load_gathered(again, optimizer_again, *torch.load(f"{result_file}.tmp"))
+        reloaded = gathered_weights(again), gathered_optimizer_state(again, optimizer_again)
+    else:
+        weights, reloaded = {n: p.detach() for n, p in model.module.state_dict().items()}, None
     if rank == 0:
-        torch.save(state, result_file)
+        torch.save({"model": weights, "optimizer": state, "reloaded": reloaded}, result_file)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -133,10 +144,21 @@ def test_one_sharded_or_checkpointed_step_gives_the_single_process_parameters(fs
     optimizer.step()
     args = (2, free_port(), tmp_path / "rank0.pt", fsdp, checkpointing, accum)
     mp.start_processes(sharded_worker, args=args, nprocs=2, start_method="spawn")
-    sharded = torch.load(tmp_path / "rank0.pt")
-    assert sharded.keys() == model.state_dict().keys()
-    for name, expected in model.state_dict().items():
-        torch.testing.assert_close(sharded[name], expected, rtol=1e-6, atol=1e-9, msg=name)
+    saved = torch.load(tmp_path / "rank0.pt")
+    # the whole weights, and AdamW's state gathered (train.py --checkpoint gathered) in the form of
+    # a plain optimizer.state_dict(), equal one process's; loaded into a new sharded model, the same
+    expected_state = optimizer.state_dict()
+    for weights, state in [(saved["model"], saved["optimizer"]), saved["reloaded"]]:
+        assert weights.keys() == model.state_dict().keys()
+        for name, expected in model.state_dict().items():
+            torch.testing.assert_close(weights[name], expected, rtol=1e-6, atol=1e-9, msg=name)
+        as_lists = [[{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in groups]  # betas
+                    for groups in (state["param_groups"], expected_state["param_groups"])]  # fmt: skip
+        assert as_lists[0] == as_lists[1]
+        assert state["state"].keys() == expected_state["state"].keys()
+        for index, expected in expected_state["state"].items():
+            for key, value in expected.items():
+                torch.testing.assert_close(state["state"][index][key], value, rtol=1e-6, atol=1e-12, msg=f"{index} {key}")
 
 
 def test_activation_checkpointing_keeps_a_blocks_input_only_and_gives_the_same_gradients():
