@@ -18,6 +18,7 @@ evaluations), args.json (the arguments, which a --resume keeps), report.json, lo
 lr.png, metrics.png (and confusion.png on the tiny set).
 """
 
+import gc
 import math
 import os
 import random
@@ -134,6 +135,16 @@ def train(args):
     weights = gathered_weights(model)  # under FSDP every rank gives its shards, rank 0 evaluates
     if setup.main:
         final_report(evaluation_model(run, weights), tokenizer, val_set, args, config, budget.spent(), state.step)
+    leave(run)
+
+
+def leave(run):
+    """Leave the process group, every rank together. DDP's reducer holds the group: freed after
+    `destroy_process_group`, its gloo group's destructor waited forever for a thread (seen once
+    in CI, rank 1 of 2, after rank 0 had exited)."""
+    run.trained = None
+    gc.collect()  # DDP and its reducer, which may sit in reference cycles
+    D.barrier()  # the other ranks wait while rank 0 writes the final report
     D.cleanup()
 
 
@@ -314,7 +325,7 @@ def training_loop(run):
             run.progress.close()
             if run.setup.main:
                 print(f"interrupted: saved {run.ckpt_path} at step {run.state.step}; continue with --resume")
-            D.cleanup()
+            leave(run)
             sys.exit(130)  # 128 + SIGINT: `train.py && next` does not go on after a Ctrl-C
     run.progress.close()
 
