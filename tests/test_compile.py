@@ -3,8 +3,7 @@
 train.py compiles by default on a GPU (`--compile`), where tests/test_gpu.py checks the same
 property; this is that code path on a CPU, so that a machine without a GPU exercises it too.
 Inductor compiles the forward and backward graphs to C++ (about a minute on 2 cores, with an
-empty cache), so the test
-is its own run: `python -m pytest -q -m compile`.
+empty cache), so the test is its own run: `python -m pytest -q -m compile`.
 """
 
 import pytest
