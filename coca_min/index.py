@@ -1,0 +1,222 @@
+"""An embedding index: a collection's image embeddings, computed once, searched by text or image.
+
+Not a part of the paper, which retrieves over fixed benchmarks (§4.2); it is how people use a
+CoCa's contrastive embeddings on their own images. `build` embeds every image of a folder (or
+of a manifest's rows) with the image encoder and attentional pooler, in batches, and writes
+INDEX_DIR/
+
+- `embeddings.npy`: (N, E) float32, each row unit norm (`CoCa.encode_image`);
+- `items.jsonl`: one line per row, {"row", "path", "caption"} (caption: the manifest's, or null);
+- `meta.json`: the checkpoint, hashes of its config and of its weights, E, N, the files skipped.
+
+Each batch is saved as it is done (`INDEX_DIR/parts/`), so an interrupted build resumes where
+it stopped, and a later build over a grown folder embeds only the new files. A file that does not
+decode is skipped and counted. `query` ranks the rows by exact cosine similarity (one matrix
+product in numpy) and refuses an index built with another checkpoint.
+
+    python -m coca_min.index build --checkpoint out/tiny/ckpt.pt --images my_images/ --out my_index/
+    python -m coca_min.index query my_index/ --checkpoint out/tiny/ckpt.pt --text "a red circle" -k 5
+
+Left out: approximate search (for millions of rows, load `embeddings.npy` into a vector
+database or a nearest-neighbour library), and text embeddings in the index.
+"""
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+MANIFESTS = (".jsonl", ".csv")
+
+
+def config_hash(config) -> str:
+    """16 hex digits naming a model config (what makes embeddings comparable)."""
+    return hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(model) -> str:
+    """16 hex digits naming trained weights: a hash of every tensor's shape and first 256 values
+    (cheap even for a 2B model; two runs, or two steps of one, differ)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def collection(source) -> list[dict]:
+    """[{"path", "caption"}] of a folder's image files (sorted, captions None) or of a JSONL/CSV
+    manifest's rows (paths relative to the manifest's folder; one item per image)."""
+    source = Path(source)
+    if source.is_dir():
+        return [{"path": str(p), "caption": None} for p in sorted(source.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if source.suffix.lower() not in MANIFESTS:
+        raise ValueError(f"{source} is neither a folder of images nor a .jsonl or .csv manifest")
+    from .image_files import CaptionManifest
+
+    data = CaptionManifest(source, source.parent, tokenizer=None, image_size=1)
+    return [{"path": str(path), "caption": captions[0]} for path, captions in zip(data.paths, data.captions)]
+
+
+def _parts(out):
+    """The saved batches, in order: [(embeddings (b, E), items)] of every part whose items were written."""
+    parts = []
+    for items_file in sorted((out / "parts").glob("*.jsonl")):
+        rows = [json.loads(line) for line in items_file.read_text().splitlines()]
+        parts.append((np.load(items_file.with_suffix(".npy")), rows))
+    return parts
+
+
+def _write_atomic(path, write):
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -> dict:
+    """Embed the images of `source` not yet in the index at `out`; -> meta.json's contents."""
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import load_checkpoint
+
+    out = Path(out)
+    model = load_checkpoint(checkpoint, device)["model"]
+    meta = {"checkpoint": str(Path(checkpoint).resolve()), "config_hash": config_hash(model.config),
+            "weights": fingerprint(model), "embedding_dim": model.config.embed_dim}  # fmt: skip
+    if (out / "meta.json").is_file():
+        refuse_another_model(out, meta["weights"], checkpoint)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    if (out / "embeddings.npy").is_file() and not any((out / "parts").iterdir()):  # a finished index: its rows are part 0
+        np.save(out / "parts" / "000000.npy", np.load(out / "embeddings.npy"))
+        (out / "parts" / "000000.jsonl").write_text((out / "items.jsonl").read_text())
+    parts = _parts(out)
+    done = {row["path"] for _, rows in parts for row in rows}
+    skipped = set(json.loads((out / "meta.json").read_text())["skipped"]) if (out / "meta.json").is_file() else set()
+    if (out / "skipped.json").is_file():  # an interrupted build's
+        skipped |= set(json.loads((out / "skipped.json").read_text()))
+    todo = [item for item in collection(source) if item["path"] not in done and item["path"] not in skipped]
+    bar = tqdm(total=len(todo), desc="embedding images", unit="image", disable=not progress or None)
+    for start in range(0, len(todo), batch_size):
+        batch, images = [], []
+        for item in todo[start : start + batch_size]:
+            image = _load(item["path"], model.config.image_size)
+            (skipped.add(item["path"]) if image is None else (batch.append(item), images.append(image)))
+        if images:
+            with torch.inference_mode():
+                embeddings = model.encode_image(torch.stack(images).to(device))[0].float().cpu().numpy()  # (b, E)
+            name = out / "parts" / f"{len(parts):06d}"
+            _write_atomic(name.with_suffix(".npy"), lambda p: np.save(open(p, "wb"), embeddings))
+            _write_atomic(name.with_suffix(".jsonl"), lambda p: p.write_text("".join(json.dumps(i) + "\n" for i in batch)))
+            parts.append((embeddings, batch))  # saved: an interrupted build resumes after it
+        _write_atomic(out / "skipped.json", lambda p: p.write_text(json.dumps(sorted(skipped))))
+        bar.update(len(todo[start : start + batch_size]))
+    bar.close()
+    return _finish(out, parts, {**meta, "skipped": sorted(skipped)})
+
+
+def _finish(out, parts, meta) -> dict:
+    embeddings = np.concatenate([e for e, _ in parts]) if parts else np.zeros((0, meta["embedding_dim"]), np.float32)
+    items = [{"row": row, **item} for row, item in enumerate(item for _, rows in parts for item in rows)]
+    _write_atomic(out / "embeddings.npy", lambda p: np.save(open(p, "wb"), embeddings.astype(np.float32)))
+    _write_atomic(out / "items.jsonl", lambda p: p.write_text("".join(json.dumps(i) + "\n" for i in items)))
+    meta = {**meta, "rows": len(items)}
+    _write_atomic(out / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    for part in (out / "parts").iterdir():
+        part.unlink()
+    (out / "parts").rmdir()
+    (out / "skipped.json").unlink(missing_ok=True)
+    return meta
+
+
+def _load(path, size):
+    """(3, size, size) normalised pixels of an image file, or None if it does not decode."""
+    import torch
+    from PIL import Image
+
+    from .data import preprocess
+
+    try:
+        with Image.open(path) as img:
+            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+    except Exception:
+        return None
+    return preprocess(pixels, size)
+
+
+def refuse_another_model(index, weights, checkpoint):
+    """A ValueError unless the index at `index` was built with these weights (`fingerprint`)."""
+    meta = json.loads((Path(index) / "meta.json").read_text())
+    if meta["weights"] != weights:
+        raise ValueError(f"{index} was built with {meta['checkpoint']} (weights {meta['weights']}), not with "
+                         f"{checkpoint} (weights {weights}): their embeddings are not comparable; build another index")  # fmt: skip
+
+
+def search(index, query_embedding, k=10) -> list[tuple[float, dict]]:
+    """The k rows nearest to a unit-norm (E,) embedding by cosine: [(similarity, item)], best first."""
+    index = Path(index)
+    embeddings = np.load(index / "embeddings.npy")  # (N, E)
+    items = [json.loads(line) for line in (index / "items.jsonl").read_text().splitlines()]
+    similarity = embeddings @ np.asarray(query_embedding, dtype=np.float32)  # (N,)
+    best = np.argsort(-similarity, kind="stable")[:k]
+    return [(float(similarity[i]), items[i]) for i in best]
+
+
+def query(index, checkpoint, text=None, image=None, k=10, device="cpu"):
+    """Search the index by a text or an image file, embedded by the checkpoint it was built with."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint, device)
+    model, tokenizer = loaded["model"], loaded["tokenizer"]
+    refuse_another_model(index, fingerprint(model), checkpoint)
+    with torch.inference_mode():
+        if text is not None:
+            embedding = model.encode_text(tokenizer.encode_batch([text], model.config.context_length).to(device))[0]
+        else:
+            pixels = _load(image, model.config.image_size)
+            if pixels is None:
+                raise ValueError(f"cannot read image {image}")
+            embedding = model.encode_image(pixels[None].to(device))[0]
+    return search(index, embedding[0].float().cpu().numpy(), k)
+
+
+def main(argv=None):
+    from .cli import Parser
+
+    parser = Parser(prog="python -m coca_min.index", description="build or search an embedding index of images")
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("build", help="embed a folder of images or a manifest's (resumable)")
+    make.add_argument("--checkpoint", required=True)
+    make.add_argument("--images", required=True, help="a folder of images, or a .jsonl/.csv manifest")
+    make.add_argument("--out", required=True, help="the index folder")
+    make.add_argument("--batch-size", type=int, default=64)
+    find = commands.add_parser("query", help="the nearest images to a text or an image")
+    find.add_argument("index")
+    find.add_argument("--checkpoint", required=True)
+    what = find.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text")
+    what.add_argument("--image")
+    find.add_argument("-k", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            meta = build(args.checkpoint, args.images, args.out, args.batch_size)
+            print(f"{args.out}: {meta['rows']} images embedded ({meta['embedding_dim']} numbers each), "
+                  f"{len(meta['skipped'])} skipped (do not decode)")  # fmt: skip
+        else:
+            for rank, (similarity, item) in enumerate(query(args.index, args.checkpoint, args.text, args.image, args.k), 1):
+                caption = f"  {item['caption']!r}" if item.get("caption") else ""
+                print(f"{rank:3d}. {similarity:.3f}  {item['path']}{caption}")
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
