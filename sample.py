@@ -9,11 +9,8 @@
 """
 
 import sys
-from pathlib import Path
 
 from coca_min.cli import Parser, device_name, file_problem, folder_problem, ranged, text
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def parse_args(argv=None):
@@ -103,24 +100,22 @@ def main(argv=None):
                 sys.exit(f"error: {flag} {t[:40]!r}… is {len(tokenizer.encode(t))} tokens; the model reads at most {context}")
     torch.manual_seed(args.seed)
 
-    if args.query is not None:
-        files = sorted(f for f in Path(args.folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        loaded = [(f, load_image(f, size, skip=True)) for f in files]
-        unreadable = [str(f) for f, image in loaded if image is None]
+    if args.query is not None:  # the embedding index's code, without writing an index (coca_min/index.py)
+        from coca_min import index
+
+        items = index.collection(args.folder)
+        embeddings, kept, unreadable = index.embed_images(model, items, args.device)
         if unreadable:
-            print(f"warning: skipping {len(unreadable)} of {len(files)} images that cannot be read: "
-                  + ", ".join(unreadable[:5]) + (" …" if len(unreadable) > 5 else ""), file=sys.stderr)  # fmt: skip
-        files = [f for f, image in loaded if image is not None]
-        if not files:
-            sys.exit(f"error: no readable image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.folder}")
-        images = torch.stack([image for _, image in loaded if image is not None]).to(args.device)
+            print(f"warning: skipping {len(unreadable)} of {len(items)} images that cannot be read: "
+                  + ", ".join(i["path"] for i in unreadable[:5]) + (" …" if len(unreadable) > 5 else ""), file=sys.stderr)  # fmt: skip
+        if not kept:
+            sys.exit(f"error: no readable image files ({', '.join(sorted(index.IMAGE_SUFFIXES))}) in {args.folder}")
         with torch.inference_mode():
-            image_emb, _ = model.encode_image(images)
             text_emb, _ = model.encode_text(tokenizer.encode_batch([args.query], model.config.context_length).to(args.device))
-        similarity = (image_emb @ text_emb.T)[:, 0]
+        best, similarity = index.rank(embeddings, text_emb[0].float().cpu().numpy(), args.top)
         print(f'images ranked for "{args.query}":')
-        for rank, i in enumerate(similarity.argsort(descending=True)[: args.top].tolist(), start=1):
-            print(f"  {rank}. {files[i]}  (cosine {similarity[i]:.3f})")
+        for rank, (i, cosine) in enumerate(zip(best, similarity), start=1):
+            print(f"  {rank}. {kept[i]['path']}  (cosine {cosine:.3f})")
         return
 
     images = torch.stack([load_image(f, size) for f in args.image]).to(args.device)

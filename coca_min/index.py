@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MANIFESTS = (".jsonl", ".csv")
 
 
@@ -103,13 +103,9 @@ def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -
     todo = [item for item in collection(source) if item["path"] not in done and item["path"] not in skipped]
     bar = tqdm(total=len(todo), desc="embedding images", unit="image", disable=not progress or None)
     for start in range(0, len(todo), batch_size):
-        batch, images = [], []
-        for item in todo[start : start + batch_size]:
-            image = _load(item["path"], model.config.image_size)
-            (skipped.add(item["path"]) if image is None else (batch.append(item), images.append(image)))
-        if images:
-            with torch.inference_mode():
-                embeddings = model.encode_image(torch.stack(images).to(device))[0].float().cpu().numpy()  # (b, E)
+        embeddings, batch, broken = embed_images(model, todo[start : start + batch_size], device)
+        skipped |= {item["path"] for item in broken}
+        if batch:
             name = out / "parts" / f"{len(parts):06d}"
             _write_atomic(name.with_suffix(".npy"), lambda p: np.save(open(p, "wb"), embeddings))
             _write_atomic(name.with_suffix(".jsonl"), lambda p: p.write_text("".join(json.dumps(i) + "\n" for i in batch)))
@@ -118,6 +114,28 @@ def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -
         bar.update(len(todo[start : start + batch_size]))
     bar.close()
     return _finish(out, parts, {**meta, "skipped": sorted(skipped)})
+
+
+def embed_images(model, items, device="cpu"):
+    """-> (embeddings (n, E) float32 of the items' images that decode, those items, the others)."""
+    import torch
+
+    loaded = [(item, _load(item["path"], model.config.image_size)) for item in items]
+    kept = [(item, image) for item, image in loaded if image is not None]
+    broken = [item for item, image in loaded if image is None]
+    if not kept:
+        return np.zeros((0, model.config.embed_dim), np.float32), [], broken
+    with torch.inference_mode():
+        embeddings = model.encode_image(torch.stack([image for _, image in kept]).to(device))[0]  # (n, E)
+    return embeddings.float().cpu().numpy(), [item for item, _ in kept], broken
+
+
+def rank(embeddings, query_embedding, k=10):
+    """(indices of the k rows nearest to the query by cosine, best first; their similarities).
+    embeddings (N, E) and query (E,) unit norm: the cosine is their dot product."""
+    similarity = embeddings @ np.asarray(query_embedding, dtype=np.float32)  # (N,)
+    best = np.argsort(-similarity, kind="stable")[:k]
+    return best, similarity[best]
 
 
 def _finish(out, parts, meta) -> dict:
@@ -162,9 +180,8 @@ def search(index, query_embedding, k=10) -> list[tuple[float, dict]]:
     index = Path(index)
     embeddings = np.load(index / "embeddings.npy")  # (N, E)
     items = [json.loads(line) for line in (index / "items.jsonl").read_text().splitlines()]
-    similarity = embeddings @ np.asarray(query_embedding, dtype=np.float32)  # (N,)
-    best = np.argsort(-similarity, kind="stable")[:k]
-    return [(float(similarity[i]), items[i]) for i in best]
+    best, similarity = rank(embeddings, query_embedding, k)
+    return [(float(s), items[i]) for i, s in zip(best, similarity)]
 
 
 def query(index, checkpoint, text=None, image=None, k=10, device="cpu"):
