@@ -15,7 +15,7 @@ decode is skipped and counted. `query` ranks the rows by exact cosine similarity
 product in numpy) and refuses an index built with another checkpoint.
 
     python -m coca_min.index build --checkpoint out/tiny/ckpt.pt --images my_images/ --out my_index/
-    python -m coca_min.index query my_index/ --checkpoint out/tiny/ckpt.pt --text "a red circle" -k 5
+    python -m coca_min.index query my_index/ --text "a red circle" -k 5    # --checkpoint: the index's own
 
 Left out: approximate search (for millions of rows, load `embeddings.npy` into a vector
 database or a nearest-neighbour library), and text embeddings in the index.
@@ -184,12 +184,16 @@ def search(index, query_embedding, k=10) -> list[tuple[float, dict]]:
     return [(float(s), items[i]) for i, s in zip(best, similarity)]
 
 
-def query(index, checkpoint, text=None, image=None, k=10, device="cpu"):
-    """Search the index by a text or an image file, embedded by the checkpoint it was built with."""
+def query(index, checkpoint=None, text=None, image=None, k=10, device="cpu"):
+    """Search the index by a text or an image file, embedded by `checkpoint` (default: the one
+    named in its meta.json), which must hold the weights it was built with."""
     import torch
 
     from .checkpoint import load_checkpoint
 
+    if not (Path(index) / "meta.json").is_file():
+        raise FileNotFoundError(f"{index} is not an index (no meta.json): make one with python -m coca_min.index build")
+    checkpoint = checkpoint or json.loads((Path(index) / "meta.json").read_text())["checkpoint"]
     loaded = load_checkpoint(checkpoint, device)
     model, tokenizer = loaded["model"], loaded["tokenizer"]
     refuse_another_model(index, fingerprint(model), checkpoint)
@@ -216,7 +220,7 @@ def main(argv=None):
     make.add_argument("--batch-size", type=int, default=64)
     find = commands.add_parser("query", help="the nearest images to a text or an image")
     find.add_argument("index")
-    find.add_argument("--checkpoint", required=True)
+    find.add_argument("--checkpoint", help="the model that embeds the query (default: the index's own, from meta.json)")
     what = find.add_mutually_exclusive_group(required=True)
     what.add_argument("--text")
     what.add_argument("--image")

@@ -89,3 +89,15 @@ def test_an_index_refuses_another_checkpoints_weights(tmp_path):
         index.query(tmp_path / "index", tmp_path / "other.pt", text="a red circle")
     with pytest.raises(ValueError, match="not comparable"):
         index.build(tmp_path / "other.pt", tmp_path / "images", tmp_path / "index", progress=False)
+
+
+def test_the_command_queries_with_the_indexs_own_checkpoint_and_errors_are_one_line(tmp_path, capsys):
+    names = image_folder(tmp_path / "images", count=6)
+    index.main(["build", "--checkpoint", str(CHECKPOINT), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "ix")])
+    assert capsys.readouterr().out == f"{tmp_path / 'ix'}: 6 images embedded (128 numbers each), 1 skipped (do not decode)\n"
+    index.main(["query", str(tmp_path / "ix"), "--text", names[2], "-k", "2"])  # no --checkpoint: meta.json's
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("  1. ") and names[int(lines[0].split()[2][-6:-4])] == names[2]
+    with pytest.raises(SystemExit, match=r"^error: .*empty is not an index \(no meta.json\)"):
+        (tmp_path / "empty").mkdir()
+        index.main(["query", str(tmp_path / "empty"), "--text", "a red circle"])
