@@ -78,6 +78,11 @@ def _write_atomic(path, write):
     os.replace(temporary, path)
 
 
+def _save_array(path, array):
+    with open(path, "wb") as file:  # a file, not a name: np.save would add ".npy" to "x.npy.tmp"
+        np.save(file, array)
+
+
 def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -> dict:
     """Embed the images of `source` not yet in the index at `out`; -> meta.json's contents."""
     import torch
@@ -107,7 +112,7 @@ def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -
         skipped |= {item["path"] for item in broken}
         if batch:
             name = out / "parts" / f"{len(parts):06d}"
-            _write_atomic(name.with_suffix(".npy"), lambda p: np.save(open(p, "wb"), embeddings))
+            _write_atomic(name.with_suffix(".npy"), lambda p: _save_array(p, embeddings))
             _write_atomic(name.with_suffix(".jsonl"), lambda p: p.write_text("".join(json.dumps(i) + "\n" for i in batch)))
             parts.append((embeddings, batch))  # saved: an interrupted build resumes after it
         _write_atomic(out / "skipped.json", lambda p: p.write_text(json.dumps(sorted(skipped))))
@@ -141,7 +146,7 @@ def rank(embeddings, query_embedding, k=10):
 def _finish(out, parts, meta) -> dict:
     embeddings = np.concatenate([e for e, _ in parts]) if parts else np.zeros((0, meta["embedding_dim"]), np.float32)
     items = [{"row": row, **item} for row, item in enumerate(item for _, rows in parts for item in rows)]
-    _write_atomic(out / "embeddings.npy", lambda p: np.save(open(p, "wb"), embeddings.astype(np.float32)))
+    _write_atomic(out / "embeddings.npy", lambda p: _save_array(p, embeddings.astype(np.float32)))
     _write_atomic(out / "items.jsonl", lambda p: p.write_text("".join(json.dumps(i) + "\n" for i in items)))
     meta = {**meta, "rows": len(items)}
     _write_atomic(out / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
