@@ -144,15 +144,10 @@ def main(argv=None):
 
 def load_image(path, size, skip=False):
     """An image file -> (3, size, size) normalised tensor; a clear error, or (`skip`) None."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from coca_min.data import preprocess
+    from coca_min.data import preprocess, read_image
 
     try:
-        with Image.open(path) as img:
-            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        pixels = read_image(path)
     except Exception as error:
         if skip:
             return None

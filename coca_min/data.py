@@ -28,6 +28,15 @@ MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)  # CLIP's
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
 
 
+def read_image(source) -> torch.Tensor:
+    """An image file (a path, or a file object of its bytes) -> (3, H, W) uint8 RGB pixels.
+    PIL's error if it does not decode."""
+    from PIL import Image
+
+    with Image.open(source) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+
+
 def preprocess(image: torch.Tensor, size: int, train: bool = False, generator=None) -> torch.Tensor:
     """(3, H, W) uint8 -> (3, size, size) normalised float: a square crop, resized.
 

@@ -21,12 +21,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data import CaptionDataset, preprocess
+from .data import CaptionDataset, preprocess, read_image
 from .shapes import with_article
 
 
@@ -55,8 +53,7 @@ class ImageFiles(CaptionDataset):
     def load(self, i):
         """(3, S, S) preprocessed pixels of file i; an error that names the file."""
         try:
-            with Image.open(self.paths[i]) as img:
-                pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+            pixels = read_image(self.paths[i])
         except Exception as error:
             raise OSError(f"could not decode {self.paths[i]} ({error})") from error
         return preprocess(pixels, self.image_size, self.train)

@@ -159,14 +159,10 @@ def _finish(out, parts, meta) -> dict:
 
 def _load(path, size):
     """(3, size, size) normalised pixels of an image file, or None if it does not decode."""
-    import torch
-    from PIL import Image
-
-    from .data import preprocess
+    from .data import preprocess, read_image
 
     try:
-        with Image.open(path) as img:
-            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        pixels = read_image(path)
     except Exception:
         return None
     return preprocess(pixels, size)

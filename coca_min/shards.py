@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import collate, preprocess
+from .data import collate, preprocess, read_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 
@@ -112,8 +112,7 @@ def decode(parts: dict) -> tuple[torch.Tensor, list[str]]:
         raise ValueError(f"no image (.jpg or .png) among {sorted(parts)}")
     captions = captions_in(parts)
     try:
-        with Image.open(io.BytesIO(image)) as img:
-            pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        pixels = read_image(io.BytesIO(image))
     except Exception as error:
         raise ValueError(f"the image does not decode ({error})") from None
     return pixels, captions
