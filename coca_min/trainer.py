@@ -12,7 +12,8 @@ One optimizer step uses `--batch-size` pairs in all, split over processes and `-
 micro-batches. The file reads from top to bottom: `train`, then the set-up, the data, the model
 and its wrapping (FSDP2 or DDP, compile, activation checkpointing), a resumed run's state, the
 loop and its step, the evaluations and saves. What a run prints and writes besides its
-checkpoint is train_report.py; the streams of batches are loader.py. Outputs in --out: ckpt.pt (atomic; with
+checkpoint is train_report.py; saving and resuming, train_state.py; the streams of batches,
+loader.py. Outputs in --out: ckpt.pt (atomic; with
 `--checkpoint sharded` also ckpt.shards/, each rank's shards of the weights and AdamW's state), history.json (losses and lr per step,
 evaluations), args.json (the arguments, which a --resume keeps), report.json, losses.png,
 lr.png, metrics.png (and confusion.png on the tiny set).
@@ -22,12 +23,11 @@ import gc
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,21 +35,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import PRESETS, CoCa
 from . import distributed as D
-from .checkpoint import config_of, read_checkpoint, save_checkpoint
-from .cli import RUN_SETTINGS
 from .data import TinyShapes
 from .image_files import CaptionManifest, CocoCaptions
 from .loader import EpochBatches, ShardBatches, shard_position
 from .plots import plot_training
 from .schedule import FakeClock, Schedule, TimeBudget
-from .sharding import (gathered_optimizer_state, gathered_weights, is_sharded, load_gathered, load_sharded, save_sharded,
-                       set_activation_checkpointing, shard_model)
+from .sharding import gathered_weights, is_sharded, set_activation_checkpointing, shard_model
 from .shards import ShardReader, all_captions
 from .tokenizer import Tokenizer
-from .train_report import Progress, evaluate_during_training, final_report, write_json
-
-SHARDED = "ckpt.shards"  # in --out: the folders of sharded checkpoints (--checkpoint sharded)
-
+from .train_report import Progress, evaluate_during_training, final_report
+from .train_state import RunState, read_resumed, resume, save
 
 @dataclass
 class Setup:
@@ -71,22 +66,6 @@ class Setup:
     @property
     def on_gpu(self):
         return self.device.type == "cuda"
-
-
-@dataclass
-class RunState:
-    """What a checkpoint keeps of a run, besides weights, optimizer state and random state."""
-
-    step: int = 0
-    total_steps: int | None = None  # None: a time budget, not planned yet
-    history: list = field(default_factory=list)  # one row per step: loss, contrastive, caption, lr
-    evaluations: list = field(default_factory=list)
-    budgeted: bool = True  # trained for --minutes, not --steps
-    train_seconds: float = 0.0
-    lr_progress: float = 0.0  # the cosine's progress (schedule.py)
-    warmup: int | None = None
-    quarters_done: int = 0  # quarters of the plan evaluated at
-    data_positions: list | None = None  # tar shards: each rank's position in its epoch
 
 
 @dataclass
@@ -257,59 +236,6 @@ def plan(args, state):
     return schedule, budget
 
 
-def resume(saved, args, setup, model, optimizer, config) -> RunState:
-    """Load a checkpoint's weights, optimizer state (gathered or sharded) and random state into
-    this run; its RunState. Says what changed and what the resumed run will do."""
-    path = args.out / "ckpt.pt"
-    refuse_another_config(saved, config, path)  # now with the tokenizer's vocabulary size
-    if saved.get("shards"):
-        if not (args.out / saved["shards"] / ".metadata").is_file():
-            sys.exit(f"error: --resume: {path} keeps its optimizer state in {args.out / saved['shards']}, which is not "
-                     "there (with several machines, --out must be a folder they share)")  # fmt: skip
-        load_sharded(args.out / saved["shards"], model, optimizer)
-    else:
-        load_gathered(model, optimizer, saved["model"], saved["optimizer"])
-    state = RunState(**{f.name: saved[f.name] for f in fields(RunState) if f.name in saved})
-    state.total_steps = args.steps or saved["total_steps"]  # a time budget re-plans it
-    state.budgeted = saved.get("budgeted", True) and args.steps is None  # --steps N ends a time budget
-    torch.set_rng_state(saved["rng"]["torch"].cpu())
-    random.setstate(saved["rng"]["python"])
-    run_args = saved.get("args", {})  # as strings; the settings not given again are these (train.py)
-    changed = [k for k in RUN_SETTINGS if k in args.given and k in run_args and str(getattr(args, k)) != run_args[k]]
-    if setup.main and changed:
-        said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {run_args[k]})" for k in changed)
-        print(f"note: resuming with {said}: the run goes on, but not as it would have")
-    if not state.budgeted and args.steps is None and "minutes" in args.given:
-        sys.exit(f"error: --minutes: {path} is a run of a fixed number of steps ({state.total_steps}); "
-                 "give --steps N to train it on to N")  # fmt: skip
-    if setup.main and state.total_steps is not None and state.step >= state.total_steps:
-        print(f"{path} is a finished run ({state.step} steps); evaluating it again (--steps N trains on to N)")
-    elif setup.main:
-        print(f"resumed {path} at step {state.step} of {state.total_steps or 'a time budget'}")
-    return state
-
-
-def read_resumed(path, device, preset):
-    """The checkpoint to resume, read before the data is: a wrong file, one not written by
-    train.py or one of another model size ends the run in seconds, with one line."""
-    try:
-        saved = read_checkpoint(path, device)
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: --resume: {error}")
-    missing = [key for key in ("optimizer", "step", "total_steps", "history", "evaluations", "rng") if key not in saved]
-    if missing:
-        sys.exit(f"error: --resume: {path} holds a model but not a training run (no {', '.join(missing)})")
-    refuse_another_config(saved, replace(preset, vocab_size=config_of(saved, path).vocab_size), path)
-    return saved
-
-
-def refuse_another_config(saved, config, path):
-    differences = config_of(saved, path).differences(config)
-    if differences:
-        changes = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differences.items())
-        sys.exit(f"error: {path} was made with a different model config ({changes})")
-
-
 def training_loop(run):
     """Steps until the plan is done; evaluations and saves at every --eval-every steps (or the
     plan's quarters), at the last step, and after a Ctrl-C, which then ends the run."""
@@ -412,37 +338,6 @@ def evaluation_model(run, weights):
     copy = CoCa(run.config).to(run.setup.device)
     copy.load_state_dict(weights)
     return copy
-
-
-def save(run, reason, weights=None) -> int:
-    """Write OUT/ckpt.pt (atomic; the weights whole, loadable on one device), the sharded state
-    (--checkpoint sharded: every rank writes its shards), history.json and args.json. Every rank
-    calls it. -> the step saved."""
-    args, state = run.args, run.state
-    weights = gathered_weights(run.model) if weights is None else weights
-    shards, optimizer_state = None, None
-    if args.checkpoint == "sharded":  # each rank its shards of the weights and of AdamW's state
-        shards = f"{SHARDED}/step-{state.step:08d}"
-        save_sharded(args.out / shards, run.model, run.optimizer)
-    else:  # the optimizer state whole, on rank 0
-        optimizer_state = gathered_optimizer_state(run.model, run.optimizer)
-    if isinstance(run.batches, ShardBatches):
-        state.data_positions = D.all_gather_objects(run.batches.position())
-    state.train_seconds, state.lr_progress = run.budget.spent(), run.schedule.progress
-    if run.setup.main:
-        settings = {k: v for k, v in vars(args).items() if k != "given"}
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        save_checkpoint(run.ckpt_path, run.model, run.tokenizer, weights=weights, optimizer=optimizer_state,
-                        shards=shards, rng=rng, args={k: str(v) for k, v in settings.items()}, reason=reason,
-                        **asdict(state))  # fmt: skip
-        for old in (args.out / SHARDED).glob("step-*"):  # the checkpoint no longer names them
-            if shards is None or old.name != Path(shards).name:
-                shutil.rmtree(old, ignore_errors=True)
-        if shards is None and (args.out / SHARDED).is_dir() and not any((args.out / SHARDED).iterdir()):
-            (args.out / SHARDED).rmdir()
-        write_json(args.out / "history.json", {"history": state.history, "evaluations": state.evaluations})
-        write_json(args.out / "args.json", settings)  # what a --resume continues with (train.py)
-    return state.step
 
 
 class CtrlC:
