@@ -85,7 +85,12 @@ class CoCa(nn.Module):
         return self._encode_image(images)
 
     def _encode_image(self, images):  # encode_image without the input check
-        vit_tokens = self.image_encoder(images)  # (B, N, Dv)
+        return self.pool(self.image_encoder(images))  # ViT tokens (B, N, Dv)
+
+    def pool(self, vit_tokens):
+        """Image tokens (B, N, Dv) -> image embedding (B, E) unit norm, caption tokens
+        (B, n_caption_queries, D): the two poolers and the projection. N is free: the video model
+        (`video.py`) gives it the tokens of every frame of a clip, and probes reuse it."""
         caption_tokens = self.caption_pooler(vit_tokens)  # (B, n_queries, D)
         source = caption_tokens if self.config.pooler_mode == "cascade" else vit_tokens
         pooled = self.contrastive_pooler(source)[:, 0]  # (B, D): the single query's output
