@@ -175,11 +175,23 @@ def generate(model, images, method="greedy", max_new=None, min_new=0, num_beams=
              use_cache=True, generator=None):  # fmt: skip
     """Caption a batch of images (B, 3, H, W) -> tokens (B, L) `[BOS] prompt … [EOS] [PAD]…` and
     scores (B,) (summed log-probabilities; length-penalised for beam search)."""
-    c = model.config
     if method not in ("greedy", "beam", "sample"):
         raise ValueError(f"method must be 'greedy', 'beam' or 'sample'; got {method!r}")
     _, caption_tokens = model.encode_image(images)  # (B, n_queries, D), once per image
-    prefix = torch.tensor([[c.bos_id, *prompt_ids]] * len(images), device=caption_tokens.device)
+    return decode(model, caption_tokens, method, max_new, min_new, num_beams, length_penalty,
+                  temperature, top_k, top_p, prompt_ids, use_cache, generator)  # fmt: skip
+
+
+@torch.inference_mode()
+def decode(model, caption_tokens, method="greedy", max_new=None, min_new=0, num_beams=4,
+           length_penalty=1.0, temperature=1.0, top_k=None, top_p=None, prompt_ids=(),
+           use_cache=True, generator=None):  # fmt: skip
+    """`generate` from the caption pooler's output (B, n_queries, D) instead of images: what the
+    video model (`video.py`) pools from all of a clip's frames decodes the same way."""
+    c = model.config
+    if method not in ("greedy", "beam", "sample"):
+        raise ValueError(f"method must be 'greedy', 'beam' or 'sample'; got {method!r}")
+    prefix = torch.tensor([[c.bos_id, *prompt_ids]] * len(caption_tokens), device=caption_tokens.device)
     room = c.context_length - prefix.shape[1]
     max_new = room if max_new is None else min(max_new, room)
     if max_new < 1:
