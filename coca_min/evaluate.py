@@ -11,8 +11,8 @@
 - Hard negatives (tiny set, `hard_negatives.py`): true caption against near misses.
 
 Everything runs batched under `torch.inference_mode()` on the model's device, with a progress
-bar for long sets. Metrics themselves are in `metrics.py`. Left out: attentive probing and
-fine-tuning (they train), video.
+bar for long sets. Metrics themselves are in `metrics.py`. Attentive probing (it trains a
+pooler) is in `probe.py`, video in `video.py`. Left out: fine-tuning.
 """
 
 import sys

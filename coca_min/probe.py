@@ -218,7 +218,10 @@ def main(argv=None):
     from .checkpoint import load_checkpoint
     from .model import CoCa
 
-    model = load_checkpoint(args.checkpoint)["model"]
+    try:
+        model = load_checkpoint(args.checkpoint)["model"]
+    except (OSError, ValueError) as error:  # missing, not a checkpoint, not coca_min's: one line
+        parser.error(str(error))
     if model.config.image_size != 48:
         parser.error(f"the probe's tasks are tiny_data's 48 px images; this checkpoint takes {model.config.image_size} px")
     models = {"trained": model}

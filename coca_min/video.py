@@ -174,7 +174,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    run = load_checkpoint(args.checkpoint)
+    try:
+        run = load_checkpoint(args.checkpoint)
+    except (OSError, ValueError) as error:  # missing, not a checkpoint, not coca_min's: one line
+        parser.error(str(error))
     coca, tokenizer = run["model"], run["tokenizer"]
     if coca.config.image_size != moving_shapes.SIZE:
         parser.error(f"the clips' frames are {moving_shapes.SIZE} px; this checkpoint takes {coca.config.image_size} px")

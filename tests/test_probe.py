@@ -2,6 +2,7 @@
 tiny label sets say what the ground truth says."""
 
 import numpy as np
+import pytest
 import torch
 
 from coca_min import probe, shapes
@@ -96,3 +97,9 @@ def test_the_command_prints_a_table_for_a_checkpoint(capsys):
     printed = capsys.readouterr().out
     assert "| count | 3 | 200 | attentive, on the tokens |" in printed and "linear, on the embedding" in printed
     assert results["count"]["attentive"]["test"] > 0.5  # 30 steps on a trained encoder: well above chance (1/3)
+
+
+def test_the_command_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        probe.main(["--checkpoint", str(tmp_path / "nothing.pt")])
+    assert exit.value.code == 2 and "checkpoint not found" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The video model: the shared encoder per frame, the time embedding, pooling over all frames'
 tokens; why an order-free summary cannot tell a motion from its reverse; the command."""
 
+import pytest
 import torch
 
 from coca_min import CoCa, moving_shapes, video
@@ -83,3 +84,11 @@ def test_the_command_prints_both_tables(capsys):
     printed = capsys.readouterr().out
     assert all(f"| {name} |" in printed for name in video.SUMMARIES)
     assert "| shape right | colour right | object right | motion right | both right |" in printed
+
+
+def test_the_command_refuses_a_file_that_is_not_a_checkpoint_in_one_line(tmp_path, capsys):
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as exit:
+        video.main(["--checkpoint", str(tmp_path / "notes.pt")])
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and "is not a coca_min checkpoint" in error and error.count("\n") == 1
