@@ -143,6 +143,14 @@ def train_video_coca(video, frame_tokens, tokens, steps=800, batch_size=64, lr=2
 
 
 @torch.inference_mode()
+def caption_clips(video, tokenizer, clips, **options) -> list[str]:
+    """Captions of clips (B, F, 3, H, W), as `generate.caption` gives for images (same options)."""
+    _, caption_tokens = video.encode_video(clips)  # (B, n_queries, D)
+    generated, _ = decode(video.coca, caption_tokens, **options)
+    return [tokenizer.decode(row) for row in generated]
+
+
+@torch.inference_mode()
 def caption_accuracy(video, tokenizer, frame_tokens, labels, batch_size=256) -> dict:
     """Greedy captions of clips, parsed: the fraction whose shape, colour, object (both), motion,
     and object and motion are right; and a few captions. labels: (N, 3) shape, colour, motion."""

@@ -92,3 +92,16 @@ def test_the_command_refuses_a_file_that_is_not_a_checkpoint_in_one_line(tmp_pat
         video.main(["--checkpoint", str(tmp_path / "notes.pt")])
     error = capsys.readouterr().err
     assert exit.value.code == 2 and "is not a coca_min checkpoint" in error and error.count("\n") == 1
+
+
+def test_captions_of_clips_are_the_decoded_pooling_of_their_frames(tiny):
+    from coca_min.generate import decode
+    from coca_min.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(TINY_DATA / "tokenizer.json")
+    pixels, _ = clips(3)
+    model = video.VideoCoCa(tiny, moving_shapes.FRAMES)
+    texts = video.caption_clips(model, tokenizer, pixels, max_new=6)
+    with torch.no_grad():
+        expected, _ = decode(tiny, model.pool(model.frame_tokens(pixels))[1], max_new=6)
+    assert texts == [tokenizer.decode(row) for row in expected] and len(texts) == 3
