@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import shapes
 from .pooler import AttentionalPooler
 from .schedule import Schedule
 
@@ -122,10 +123,8 @@ def _one_object(objects):  # (N, 3, 5) -> (N,) bool: exactly one object
     return (objects[:, :, 0] >= 0).sum(1) == 1
 
 
-def task_labels(task, split, objects):
+def task_labels(task, objects):
     """The rows of a split that a task labels, and their labels: (rows (M,), labels (M,)) int64."""
-    from . import shapes
-
     one = np.flatnonzero(_one_object(objects))
     first = objects[one, 0]  # (M, 5) shape, colour, size, row, col of the only object
     if task == "pair":  # colour-major, as shapes.PAIRS
@@ -143,11 +142,9 @@ TASKS = {"pair": 40, "shape_position": 45, "count": 3}  # task: number of classe
 def task_splits(task, features):
     """{"train", "test", "held-out"}: (feature rows, labels) of one task, from `features`, a dict
     split -> (tokens, embeddings, objects) of the tiny splits (see `tiny_features`)."""
-    from . import shapes
-
     def rows_of(split, keep=None):
         tokens, embeddings, objects = features[split]
-        rows, labels = task_labels(task, split, objects)
+        rows, labels = task_labels(task, objects)
         if keep is not None:
             chosen = keep(rows)
             rows, labels = rows[chosen], labels[chosen]

@@ -69,15 +69,15 @@ def test_frozen_features_are_the_models_own_tokens_and_embedding(tiny):
 
 def test_the_tiny_label_sets_follow_the_ground_truth():
     classes = TinyShapes("classes")
-    rows, labels = probe.task_labels("pair", "classes", classes.objects)
+    rows, labels = probe.task_labels("pair", classes.objects)
     assert np.array_equal(rows, np.arange(1000)) and np.array_equal(labels, np.arange(1000) % 40)  # image i: pair i % 40
     test = TinyShapes("test")
-    rows, labels = probe.task_labels("shape_position", "test", test.objects)
+    rows, labels = probe.task_labels("shape_position", test.objects)
     assert len(rows) == 371  # tiny_data/README.md: 371 one-object test images
     for row, label in zip(rows[:50], labels[:50]):
         shape, _, _, r, c = test.objects[row, 0]
         assert label == shape * 9 + r * 3 + c and test.objects[row, 1, 0] == shapes.NO_OBJECT
-    rows, labels = probe.task_labels("count", "test", test.objects)
+    rows, labels = probe.task_labels("count", test.objects)
     assert np.bincount(labels).tolist() == [371, 310, 319]
 
 
