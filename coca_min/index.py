@@ -97,7 +97,10 @@ def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -
     if (out / "meta.json").is_file():
         refuse_another_model(out, meta["weights"], checkpoint)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    if (out / "embeddings.npy").is_file() and not any((out / "parts").iterdir()):  # a finished index: its rows are part 0
+    if (out / "parts" / "meta.json").is_file():  # an interrupted build's model: its parts must not mix with another's
+        refuse_another_model(out / "parts", meta["weights"], checkpoint, what=f"the interrupted build in {out}")
+    _write_atomic(out / "parts" / "meta.json", lambda p: p.write_text(json.dumps(meta) + "\n"))
+    if (out / "embeddings.npy").is_file() and not any((out / "parts").glob("*.npy")):  # a finished index: its rows are part 0
         np.save(out / "parts" / "000000.npy", np.load(out / "embeddings.npy"))
         (out / "parts" / "000000.jsonl").write_text((out / "items.jsonl").read_text())
     parts = _parts(out)
@@ -168,11 +171,11 @@ def _load(path, size):
     return preprocess(pixels, size)
 
 
-def refuse_another_model(index, weights, checkpoint):
+def refuse_another_model(index, weights, checkpoint, what=None):
     """A ValueError unless the index at `index` was built with these weights (`fingerprint`)."""
     meta = json.loads((Path(index) / "meta.json").read_text())
     if meta["weights"] != weights:
-        raise ValueError(f"{index} was built with {meta['checkpoint']} (weights {meta['weights']}), not with "
+        raise ValueError(f"{what or index} was built with {meta['checkpoint']} (weights {meta['weights']}), not with "
                          f"{checkpoint} (weights {weights}): their embeddings are not comparable; build another index")  # fmt: skip
 
 
@@ -192,6 +195,8 @@ def query(index, checkpoint=None, text=None, image=None, k=10, device="cpu"):
 
     from .checkpoint import load_checkpoint
 
+    if not (Path(index) / "meta.json").is_file() and (Path(index) / "parts").is_dir():
+        raise FileNotFoundError(f"{index}: its build was interrupted; run the same build command again to finish it")
     if not (Path(index) / "meta.json").is_file():
         raise FileNotFoundError(f"{index} is not an index (no meta.json): make one with python -m coca_min.index build")
     checkpoint = checkpoint or json.loads((Path(index) / "meta.json").read_text())["checkpoint"]
@@ -210,23 +215,25 @@ def query(index, checkpoint=None, text=None, image=None, k=10, device="cpu"):
 
 
 def main(argv=None):
-    from .cli import Parser
+    from .cli import Parser, ranged
 
     parser = Parser(prog="python -m coca_min.index", description="build or search an embedding index of images")
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("build", help="embed a folder of images or a manifest's (resumable)")
-    make.add_argument("--checkpoint", required=True)
+    make.add_argument("--checkpoint", required=True, help="the model that embeds the images (a train.py checkpoint)")
     make.add_argument("--images", required=True, help="a folder of images, or a .jsonl/.csv manifest")
     make.add_argument("--out", required=True, help="the index folder")
-    make.add_argument("--batch-size", type=int, default=64)
+    make.add_argument("--batch-size", type=ranged(int, minimum=1), default=64, help="images per batch (default: 64)")
     find = commands.add_parser("query", help="the nearest images to a text or an image")
     find.add_argument("index")
     find.add_argument("--checkpoint", help="the model that embeds the query (default: the index's own, from meta.json)")
     what = find.add_mutually_exclusive_group(required=True)
-    what.add_argument("--text")
-    what.add_argument("--image")
-    find.add_argument("-k", type=int, default=10)
+    what.add_argument("--text", help="search by this text")
+    what.add_argument("--image", help="search by this image file")
+    find.add_argument("-k", type=ranged(int, minimum=1), default=10, help="how many rows to show (default: 10)")
     args = parser.parse_args(argv)
+    if args.command == "build" and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; the index is a folder")
     try:
         if args.command == "build":
             meta = build(args.checkpoint, args.images, args.out, args.batch_size)
@@ -238,6 +245,10 @@ def main(argv=None):
                 print(f"{rank:3d}. {similarity:.3f}  {item['path']}{caption}")
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        if args.command == "build":  # every finished batch is saved in OUT/parts/
+            sys.exit(f"\ninterrupted: the batches embedded so far are saved in {args.out}/parts/; run the same command again to continue")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,40 @@ def test_the_command_queries_with_the_indexs_own_checkpoint_and_errors_are_one_l
     with pytest.raises(SystemExit, match=r"^error: .*empty is not an index \(no meta.json\)"):
         (tmp_path / "empty").mkdir()
         index.main(["query", str(tmp_path / "empty"), "--text", "a red circle"])
+
+
+def test_an_interrupted_build_refuses_to_resume_with_another_checkpoint(tmp_path, monkeypatch, capsys):
+    """Regression: the resumed build used to add the other model's rows to the saved ones, unasked."""
+    image_folder(tmp_path / "images", count=8)
+    calls, real = [], index._load
+
+    def interrupted(path, size):  # the 5th image: a Ctrl-C after one saved batch
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(path, size)
+
+    monkeypatch.setattr(index, "_load", interrupted)
+    with pytest.raises(SystemExit, match="interrupted: the batches embedded so far are saved in .*run the same command again"):
+        index.main(["build", "--checkpoint", str(CHECKPOINT), "--images", str(tmp_path / "images"),
+                    "--out", str(tmp_path / "ix"), "--batch-size", "4"])  # fmt: skip
+    monkeypatch.setattr(index, "_load", real)
+    with pytest.raises(FileNotFoundError, match="its build was interrupted; run the same build command again"):
+        index.query(tmp_path / "ix", CHECKPOINT, text="a red circle")
+    loaded = load_checkpoint(CHECKPOINT)
+    with torch.no_grad():
+        loaded["model"].image_projection.weight.mul_(1.01)
+    save_checkpoint(tmp_path / "other.pt", loaded["model"], loaded["tokenizer"])
+    with pytest.raises(ValueError, match="the interrupted build in .* not comparable"):
+        index.build(tmp_path / "other.pt", tmp_path / "images", tmp_path / "ix", progress=False)
+    meta = index.build(CHECKPOINT, tmp_path / "images", tmp_path / "ix", batch_size=4, progress=False)  # its own: resumes
+    assert meta["rows"] == 8
+
+
+def test_the_commands_arguments_are_checked_in_one_line(tmp_path, capsys):
+    for argv, message in [(["build", "--checkpoint", "x.pt", "--images", "d", "--out", "o", "--batch-size", "0"], "must be at least 1"),
+                          (["query", "ix", "--text", "a red circle", "-k", "0"], "must be at least 1"),
+                          (["build", "--checkpoint", "x.pt", "--images", "d", "--out", str(CHECKPOINT)], "is a file; the index is a folder")]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit:
+            index.main(argv)
+        assert exit.value.code == 2 and message in capsys.readouterr().err
