@@ -207,9 +207,10 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), help="label sets (default: all)")
     parser.add_argument("--steps", type=ranged(int, minimum=1), default=400, help="training steps of each probe (default: 400)")
     parser.add_argument("--train-images", type=ranged(int, minimum=1), default=12000,
-                        help="how many train-split images to embed for the probes' training (default: 12000)")  # fmt: skip
+                        help="how many train-split images to embed for the shape_position and count probes' training "
+                        "(pair always trains on 600 of the classes split; default: 12000)")  # fmt: skip
     parser.add_argument("--random-encoder", action="store_true", help="also probe an untrained model of the same config")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the probes' initial weights and batches (default: 0)")
     args = parser.parse_args(argv)
 
     from .checkpoint import load_checkpoint
@@ -227,6 +228,8 @@ def main(argv=None):
         models["random"] = CoCa(model.config).eval()
     progress = sys.stderr.isatty()  # a bar only in a terminal: in a log it is \r fragments
     for name, encoder in models.items():
+        print(f"{name} encoder: embedding the tiny splits, then {len(args.tasks)} x 2 probes of {args.steps} steps",
+              file=sys.stderr, flush=True)  # what it is doing, also in a log  # fmt: skip
         features = tiny_features(encoder, args.train_images, progress=progress)
         results = {task: probe_task(task, features, args.steps, args.seed, progress) for task in args.tasks}
         print(f"\n{name} encoder ({args.checkpoint if name == 'trained' else 'untrained, same config'}), {args.steps} probe steps:\n")

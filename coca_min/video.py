@@ -57,8 +57,16 @@ class VideoCoCa(nn.Module):
         self.time_embedding = TimeEmbedding(n_frames, coca.config.vision_width)
 
     def frame_tokens(self, clips):  # (B, F, 3, H, W) -> (B, F, N, Dv): the shared encoder, per frame
+        n_frames, size = len(self.time_embedding.embedding), self.config.image_size
+        if not isinstance(clips, torch.Tensor) or clips.dim() != 5:
+            got = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
+            raise ValueError(f"clips: expected a 5-D tensor (batch, {n_frames} frames, 3, {size}, {size}); got {got}")
+        if clips.shape[1] != n_frames:
+            raise ValueError(f"clips: expected {n_frames} frames (the time embedding has one row per frame); got {clips.shape[1]}")
         B, F = clips.shape[:2]
-        return self.coca.image_encoder(clips.flatten(0, 1)).unflatten(0, (B, F))
+        frames = clips.flatten(0, 1)  # (B·F, 3, H, W)
+        self.coca._check_images(frames)  # channels, size, dtype: the image model's messages
+        return self.coca.image_encoder(frames).unflatten(0, (B, F))
 
     def pool(self, frame_tokens):  # (B, F, N, Dv) -> embedding (B, E), caption tokens (B, n_q, D)
         return self.coca.pool(self.time_embedding(frame_tokens))
@@ -174,12 +182,12 @@ def main(argv=None):
     parser = Parser(prog="python -m coca_min.video", description="Video by frame pooling on tiny moving shapes: "
                     "motion probes on a frozen image encoder, then a briefly trained video CoCa's captions.")  # fmt: skip
     parser.add_argument("--checkpoint", required=True, help="a tiny image CoCa (e.g. lessons/assets/tiny_coca.pt)")
-    parser.add_argument("--train-clips", type=ranged(int, minimum=6), default=3000, help="training clips (default: 3000)")
-    parser.add_argument("--test-clips", type=ranged(int, minimum=6), default=600, help="test clips (default: 600)")
+    parser.add_argument("--train-clips", type=ranged(int, minimum=6), default=3000, help="training clips, at least 6 (default: 3000)")
+    parser.add_argument("--test-clips", type=ranged(int, minimum=6), default=600, help="test clips, at least 6 (default: 600)")
     parser.add_argument("--probe-steps", type=ranged(int, minimum=1), default=400, help="steps of each probe (default: 400)")
     parser.add_argument("--caption-steps", type=ranged(int, minimum=0), default=800,
                         help="steps of the video CoCa, 0 for none (default: 800)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new weights and the batches (default: 0)")
     args = parser.parse_args(argv)
 
     try:
@@ -190,6 +198,8 @@ def main(argv=None):
     if coca.config.image_size != moving_shapes.SIZE:
         parser.error(f"the clips' frames are {moving_shapes.SIZE} px; this checkpoint takes {coca.config.image_size} px")
     progress = sys.stderr.isatty()  # a bar only in a terminal: in a log it is \r fragments
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # what it is doing, also in a log
+    say(f"frame tokens of {args.train_clips} + {args.test_clips} clips, then 4 motion probes of {args.probe_steps} steps")
     train, test = moving_shapes.generate("train", args.train_clips), moving_shapes.generate("test", args.test_clips)
     train_tokens, test_tokens = (clip_tokens(coca, d["frames"], progress=progress) for d in (train, test))
     motion = {split: torch.from_numpy(d["labels"][:, 2]) for split, d in [("train", train), ("test", test)]}
@@ -201,6 +211,7 @@ def main(argv=None):
         print(f"| {name} | {100 * value:.1f}% |")
     results = {"motion probes": probes}
     if args.caption_steps:
+        say(f"training the video CoCa for {args.caption_steps} steps")
         torch.manual_seed(args.seed)
         video = VideoCoCa(coca, moving_shapes.FRAMES)
         tokens = tokenizer.encode_batch(train["captions"], coca.config.context_length)

@@ -105,3 +105,12 @@ def test_captions_of_clips_are_the_decoded_pooling_of_their_frames(tiny):
     with torch.no_grad():
         expected, _ = decode(tiny, model.pool(model.frame_tokens(pixels))[1], max_new=6)
     assert texts == [tokenizer.decode(row) for row in expected] and len(texts) == 3
+
+
+def test_clips_of_the_wrong_shape_are_refused_in_the_users_terms(tiny):
+    model = video.VideoCoCa(tiny, n_frames=moving_shapes.FRAMES)
+    pixels, _ = clips(2)
+    for bad, message in [(pixels[0], "expected a 5-D tensor"), (pixels[:, :4], "expected 8 frames"),
+                         (pixels[..., :40, :40], "expected 48x48 pixels")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            model.encode_video(bad)
