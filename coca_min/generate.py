@@ -175,8 +175,6 @@ def generate(model, images, method="greedy", max_new=None, min_new=0, num_beams=
              use_cache=True, generator=None):  # fmt: skip
     """Caption a batch of images (B, 3, H, W) -> tokens (B, L) `[BOS] prompt … [EOS] [PAD]…` and
     scores (B,) (summed log-probabilities; length-penalised for beam search)."""
-    if method not in ("greedy", "beam", "sample"):
-        raise ValueError(f"method must be 'greedy', 'beam' or 'sample'; got {method!r}")
     _, caption_tokens = model.encode_image(images)  # (B, n_queries, D), once per image
     return decode(model, caption_tokens, method, max_new, min_new, num_beams, length_penalty,
                   temperature, top_k, top_p, prompt_ids, use_cache, generator)  # fmt: skip

@@ -154,6 +154,10 @@ def train_video_coca(video, frame_tokens, tokens, steps=800, batch_size=64, lr=2
 def caption_clips(video, tokenizer, clips, **options) -> list[str]:
     """Captions of clips (B, F, 3, H, W), as `generate.caption` gives for images (same options)."""
     _, caption_tokens = video.encode_video(clips)  # (B, n_queries, D)
+    return _texts(video, tokenizer, caption_tokens, **options)
+
+
+def _texts(video, tokenizer, caption_tokens, **options) -> list[str]:  # decoded captions of pooled clips
     generated, _ = decode(video.coca, caption_tokens, **options)
     return [tokenizer.decode(row) for row in generated]
 
@@ -165,8 +169,7 @@ def caption_accuracy(video, tokenizer, frame_tokens, labels, batch_size=256) -> 
     texts = []
     for start in range(0, len(labels), batch_size):
         _, caption_tokens = video.pool(frame_tokens[start : start + batch_size])
-        generated, _ = decode(video.coca, caption_tokens)
-        texts += [tokenizer.decode(row) for row in generated]
+        texts += _texts(video, tokenizer, caption_tokens)
     parsed = [moving_shapes.parse_caption(t) or (-1, -1, -1) for t in texts]
     said, truth = np.array(parsed), np.asarray(labels)
     right = said == truth  # (N, 3): shape, colour, motion

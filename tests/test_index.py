@@ -52,18 +52,24 @@ def test_query_by_text_and_by_image_finds_the_matching_images(tmp_path):
         assert by_image[0][1]["path"].endswith(f"{i:02d}.png") and by_image[0][0] == pytest.approx(1, abs=1e-5)
 
 
-def test_an_interrupted_build_resumes_to_the_uninterrupted_index(tmp_path, monkeypatch):
-    image_folder(tmp_path / "images")
-    index.build(CHECKPOINT, tmp_path / "images", tmp_path / "whole", batch_size=4, progress=False)
+def interrupt_load_at(monkeypatch, n):
+    """Make the build's n-th image load raise KeyboardInterrupt (a Ctrl-C): -> (the loads so far, the real loader)."""
     calls, real = [], index._load
 
-    def interrupted(path, size):  # the 9th image: a Ctrl-C after two saved batches
+    def interrupted(path, size):
         calls.append(path)
-        if len(calls) == 9:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return real(path, size)
 
     monkeypatch.setattr(index, "_load", interrupted)
+    return calls, real
+
+
+def test_an_interrupted_build_resumes_to_the_uninterrupted_index(tmp_path, monkeypatch):
+    image_folder(tmp_path / "images")
+    index.build(CHECKPOINT, tmp_path / "images", tmp_path / "whole", batch_size=4, progress=False)
+    calls, real = interrupt_load_at(monkeypatch, 9)  # a Ctrl-C after two saved batches
     with pytest.raises(KeyboardInterrupt):
         index.build(CHECKPOINT, tmp_path / "images", tmp_path / "resumed", batch_size=4, progress=False)
     assert len(list((tmp_path / "resumed" / "parts").glob("*.npy"))) == 2
@@ -106,15 +112,7 @@ def test_the_command_queries_with_the_indexs_own_checkpoint_and_errors_are_one_l
 def test_an_interrupted_build_refuses_to_resume_with_another_checkpoint(tmp_path, monkeypatch, capsys):
     """Regression: the resumed build used to add the other model's rows to the saved ones, unasked."""
     image_folder(tmp_path / "images", count=8)
-    calls, real = [], index._load
-
-    def interrupted(path, size):  # the 5th image: a Ctrl-C after one saved batch
-        calls.append(path)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(path, size)
-
-    monkeypatch.setattr(index, "_load", interrupted)
+    _, real = interrupt_load_at(monkeypatch, 5)  # a Ctrl-C after one saved batch
     with pytest.raises(SystemExit, match="interrupted: the batches embedded so far are saved in .*run the same command again"):
         index.main(["build", "--checkpoint", str(CHECKPOINT), "--images", str(tmp_path / "images"),
                     "--out", str(tmp_path / "ix"), "--batch-size", "4"])  # fmt: skip
