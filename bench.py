@@ -4,7 +4,7 @@
     python bench.py --size base --batch-size 128 --compile --dtype bf16 --steps 20   # on a GPU
     python bench.py --size base --decode --batch-size 8 --new-tokens 64              # KV cache vs none
 
-Training prints images/s, tokens/s, the model FLOPs per image (`coca_min/flops.py`: the
+Training prints images/s, tokens/s, the model FLOPs per image (`coca_min/model/flops.py`: the
 formula, from the config), MFU against the device's peak (the table below, or --peak-tflops),
 the peak memory and the step time split into forward (with the loss), backward and optimizer.
 The first --warmup steps (compilation, allocator) are not timed. `--compare open_clip` times
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from coca_min import CoCa
 from coca_min.config import PRESETS
-from coca_min.flops import training_flops
-from coca_min.generate import generate
-from coca_min.losses import coca_loss
+from coca_min.model.flops import training_flops
+from coca_min.model.generate import generate
+from coca_min.model.losses import coca_loss
 
 # dense bf16 TFLOP/s of common GPUs (the vendors' figures, without sparsity)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,

@@ -80,7 +80,7 @@ def main(argv=None):
     import torch  # only now: the arguments and paths are fine
 
     from coca_min.checkpoint import load_checkpoint
-    from coca_min.generate import caption
+    from coca_min.model.generate import caption
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -100,11 +100,11 @@ def main(argv=None):
                 sys.exit(f"error: {flag} {t[:40]!r}… is {len(tokenizer.encode(t))} tokens; the model reads at most {context}")
     torch.manual_seed(args.seed)
 
-    if args.query is not None:  # the embedding index's code, without writing an index (coca_min/index.py)
-        from coca_min import index
+    if args.query is not None:  # the embedding index's code, without writing an index (coca_min/eval/index.py)
+        from coca_min.eval import index
 
         items = index.collection(args.folder)
-        embeddings, kept, unreadable = index.embed_images(model, items, args.device)
+        embeddings, kept, unreadable = index.embed_files(model, items, args.device)
         if unreadable:
             print(f"warning: skipping {len(unreadable)} of {len(items)} images that cannot be read: "
                   + ", ".join(i["path"] for i in unreadable[:5]) + (" …" if len(unreadable) > 5 else ""), file=sys.stderr)  # fmt: skip
@@ -112,7 +112,7 @@ def main(argv=None):
             sys.exit(f"error: no readable image files ({', '.join(sorted(index.IMAGE_SUFFIXES))}) in {args.folder}")
         with torch.inference_mode():
             text_emb, _ = model.encode_text(tokenizer.encode_batch([args.query], model.config.context_length).to(args.device))
-        best, similarity = index.rank(embeddings, text_emb[0].float().cpu().numpy(), args.top)
+        best, similarity = index.nearest(embeddings, text_emb[0].float().cpu().numpy(), args.top)
         print(f'images ranked for "{args.query}":')
         for rank, (i, cosine) in enumerate(zip(best, similarity), start=1):
             print(f"  {rank}. {kept[i]['path']}  (cosine {cosine:.3f})")
@@ -144,7 +144,7 @@ def main(argv=None):
 
 def load_image(path, size, skip=False):
     """An image file -> (3, size, size) normalised tensor; a clear error, or (`skip`) None."""
-    from coca_min.data import preprocess, read_image
+    from coca_min.data.datasets import preprocess, read_image
 
     try:
         pixels = read_image(path)

@@ -8,7 +8,7 @@
 
 This file reads and checks the arguments and paths, in milliseconds and before torch is
 imported, so that a mistake is one line at once, not a traceback after the data has loaded.
-The training loop is `coca_min/trainer.py`.
+The training loop is `coca_min/train/trainer.py`.
 """
 
 import argparse
@@ -18,7 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from coca_min import PRESETS, shapes
+from coca_min import PRESETS
+from coca_min.data.synthetic import shapes
 from coca_min.cli import (RUN_SETTINGS, HelpWithDefaults, Parser, device_name, file_problem, folder_problem, given_options,
                           output_problem, ranged)
 
@@ -36,7 +37,7 @@ def parse_args(argv=None):
     p = Parser(prog="train.py", description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     p.add_argument("--size", default="tiny", choices=list(PRESETS), help="model preset")
     p.add_argument("--data", default="tiny", help="'tiny', a manifest (.jsonl/.csv), COCO caption .json, or a folder of "
-                   ".tar shards (python -m coca_min.data write-shards)")
+                   ".tar shards (python -m coca_min.data.shards)")
     p.add_argument("--images", help="image folder of --data (and of --val-data)")
     p.add_argument("--val-data", help="manifest or COCO json to evaluate on (real data)")
     p.add_argument("--tokenizer", help="tokenizer .json (real data; default: train one on the captions)")
@@ -79,6 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--fake-step-seconds", type=positive, help=argparse.SUPPRESS)  # tests: every step takes this long
     args = p.parse_args(argv)
     args.given = given_options(p, sys.argv[1:] if argv is None else argv)
+    args.changed = {}  # a resumed run's settings given again with another value: {name: the run's}
     if args.out is not None and not args.out.strip():
         p.error("--out is empty: give a folder (default: out/SIZE)")
     args.out = Path(args.out or f"out/{args.size}")
@@ -97,7 +99,8 @@ def parse_args(argv=None):
 
 def take_run_settings(args, path):
     """Set the settings of RUN_SETTINGS that were not given from the run's args.json (which
-    trainer.py writes at each save); what is wrong with the file, or None."""
+    train/state.py writes at each save), and note in args.changed those given with another
+    value; what is wrong with the file, or None."""
     if not path.is_file():
         return None  # no run there (--resume then says so), or one older than args.json
     try:
@@ -107,6 +110,8 @@ def take_run_settings(args, path):
     for name in RUN_SETTINGS:
         if name not in args.given and name in saved:
             setattr(args, name, saved[name])
+        elif name in saved and str(getattr(args, name)) != str(saved[name]):  # noted when training starts
+            args.changed[name] = saved[name]
     return None
 
 
@@ -123,7 +128,7 @@ def data_problem(args):
                     f"{shapes.IMAGE_SIZE} px; give --data FILE --images DIR, or --size tiny")  # fmt: skip
     elif Path(args.data).is_dir():  # tar shards
         if not any(Path(args.data).glob("*.tar")):
-            return f"--data: {args.data} is a folder without .tar shards (write them with python -m coca_min.data write-shards)"
+            return f"--data: {args.data} is a folder without .tar shards (write them with python -m coca_min.data.shards)"
         if args.strict:
             return "--strict is for a manifest or COCO json; from shards, a sample that does not decode is skipped and counted"
         if args.val_data and not args.images:
@@ -187,7 +192,7 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None):
     args = parse_args(argv)  # a wrong argument or path ends here, before torch is imported
-    from coca_min.trainer import train
+    from coca_min.train.trainer import train
 
     try:
         train(args)

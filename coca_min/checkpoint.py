@@ -6,6 +6,9 @@ adds (optimizer state, step, …). It is written to a temporary file and then re
 while saving never leaves a half-written checkpoint, and it loads with `weights_only=True`.
 Keys are saved without the `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
 
+`load_model(path)` gives the trained model alone. (It lives here, not as a method of `CoCa`:
+the model, `coca_min/model/`, knows nothing of files or tokenizers.)
+
 A file that is not such a checkpoint (another format, a bare state_dict, a pickle holding
 objects that `weights_only=True` refuses to run) gives a ValueError naming the file and why.
 """
@@ -18,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .config import CoCaConfig
-from .model import CoCa
-from .shapes import with_article
-from .tokenizer import Tokenizer
+from coca_min.config import CoCaConfig
+from coca_min.model.coca import CoCa
+from coca_min.words import with_article
+from coca_min.data.tokenizer import Tokenizer
 
 
 def unwrap(model):
@@ -105,6 +108,11 @@ def load_checkpoint(path, device="cpu") -> dict:
     if checkpoint.get("tokenizer") is not None:
         checkpoint["tokenizer"] = Tokenizer.from_state(checkpoint["tokenizer"], source=str(path))
     return checkpoint
+
+
+def load_model(path, device="cpu") -> CoCa:
+    """The trained CoCa of a checkpoint, in eval mode: `load_checkpoint(path)["model"]`."""
+    return load_checkpoint(path, device)["model"]
 
 
 def _first_line(error) -> str:

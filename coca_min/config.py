@@ -6,7 +6,7 @@ Implements the model-size part of the paper: Table 1 (CoCa-Base, CoCa-Large and 
 
 Table 1 counts the image encoder (the ViT) and the text decoder; the two attentional poolers and
 the image projection come on top. The counts in the comments below were measured with
-`count_parameters` in `coca_min/model.py` and are checked by `tests/test_config.py`.
+`count_parameters` in `coca_min/model/coca.py` and are checked by `tests/test_config.py`.
 
 Initialisation: the paper does not state it. The paper sizes (and `small`) start as transformers
 usually do (`init="standard"`); `tiny` keeps the start tuned for it (`init="tuned"`, see below).

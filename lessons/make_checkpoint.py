@@ -6,7 +6,7 @@
 1,123 steps is what an unloaded default run (`python train.py --size tiny`, a 3.75-minute
 budget) reaches on the project's 2-core machine; fixing it makes the checkpoint independent of
 how busy the machine was. The weights are stored in float16 (half the size, under 4 MB); the
-model, its config and its tokenizer load with `CoCa.from_checkpoint` and `load_checkpoint`, and
+model, its config and its tokenizer load with `load_model` and `load_checkpoint`, and
 with `torch.load(weights_only=True)`. Nothing of the optimizer or the run's history is kept.
 """
 

@@ -24,8 +24,8 @@ from PIL import Image
 
 from coca_min import PRESETS, CoCa
 from coca_min.checkpoint import save_checkpoint
-from coca_min.image_files import CaptionManifest, CocoCaptions
-from coca_min.tokenizer import Tokenizer
+from coca_min.data.image_files import CaptionManifest, CocoCaptions
+from coca_min.data.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # runs a script as `python SCRIPT ARGS` would, then says on stdout whether torch was imported

@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bench
 from coca_min import PRESETS, CoCa
-from coca_min.flops import forward_flops, training_flops
-from coca_min.losses import coca_loss
+from coca_min.model.flops import forward_flops, training_flops
+from coca_min.model.losses import coca_loss
 
 
 def counted(run):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from coca_min import PRESETS, CoCa
-from coca_min.losses import coca_loss
+from coca_min.model.losses import coca_loss
 
 pytestmark = pytest.mark.compile
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import coca_min.config
-from coca_min import PRESETS, CoCa, CoCaConfig, count_parameters, shapes
+from coca_min import PRESETS, CoCa, CoCaConfig, count_parameters
+from coca_min.data.synthetic import shapes
 
 
 def counts(name):

@@ -75,7 +75,7 @@ def test_splicing_the_reference_solutions_back_gives_the_reference_file(path):
 
 
 def test_a_blanked_function_raises_and_names_its_exercise_and_lesson():
-    blanked = blank((ROOT / "coca_min/metrics.py").read_text(), regions_in("coca_min/metrics.py"), message)
+    blanked = blank((ROOT / "coca_min/eval/metrics.py").read_text(), regions_in("coca_min/eval/metrics.py"), message)
     namespace = {"__name__": "student_metrics"}
     exec(compile(blanked, "student_metrics.py", "exec"), namespace)
     with pytest.raises(NotImplementedError, match=r"exercise bleu: see lessons/09_evaluation.ipynb"):
@@ -129,13 +129,13 @@ def test_a_malformed_marker_is_an_error_naming_the_file_and_line(case):
 def test_make_student_blanks_only_the_chosen_exercises_and_the_copy_imports_its_own_package(tmp_path):
     dest = tmp_path / "student"
     done = make_student(dest, only=["bleu", "contrastive_loss"])
-    assert done["blanked"] == {"coca_min/metrics.py": ["bleu"], "coca_min/losses.py": ["contrastive_loss"]}
+    assert done["blanked"] == {"coca_min/eval/metrics.py": ["bleu"], "coca_min/model/losses.py": ["contrastive_loss"]}
     assert not (dest / ".git").exists() and (dest / "lessons" / "06_losses.ipynb").is_file()
     assert not any(part in {"__pycache__", ".venv", "out"} for p in dest.rglob("*") for part in p.relative_to(dest).parts)
     script = """
 import coca_min, torch
-from coca_min.metrics import bleu, cider_d
-from coca_min.losses import contrastive_loss, caption_loss
+from coca_min.eval.metrics import bleu, cider_d
+from coca_min.model.losses import contrastive_loss, caption_loss
 assert coca_min.__file__.startswith(%r), coca_min.__file__
 assert cider_d(["a red circle", "a blue cross"], [["a red circle"], ["a blue cross"]]) > 1  # not blanked: works
 for call, lesson in [(lambda: bleu(["a"], [["a"]]), "exercise bleu: see lessons/09_evaluation.ipynb"),
@@ -168,9 +168,9 @@ def test_make_student_refuses_a_used_folder_an_unknown_exercise_and_a_folder_ins
 
 def test_make_student_refuses_a_copy_that_still_holds_a_solution_and_leaves_nothing(tmp_path):
     root = tmp_path / "repo"  # not a git checkout: every file is copied
-    (root / "coca_min").mkdir(parents=True)
-    metrics = (ROOT / "coca_min" / "metrics.py").read_text()
-    (root / "coca_min" / "metrics.py").write_text(metrics)
+    (root / "coca_min" / "eval").mkdir(parents=True)
+    metrics = (ROOT / "coca_min" / "eval" / "metrics.py").read_text()
+    (root / "coca_min" / "eval" / "metrics.py").write_text(metrics)
     region = next(r for r in find_regions(metrics, "metrics.py", EXERCISES) if r.id == "bleu")
     copied = "".join(metrics.splitlines(keepends=True)[region.begin : region.end - 1])
     (root / "notes.py").write_text("def my_bleu(candidates, references, n_max=4):\n" + copied)
@@ -183,7 +183,7 @@ def test_make_student_refuses_a_copy_that_still_holds_a_solution_and_leaves_noth
 def test_the_command_line_writes_the_copy_or_says_what_is_wrong_in_one_line(tmp_path):
     command = [sys.executable, "-m", "coca_min.coursework", "make-student"]
     ok = subprocess.run([*command, str(tmp_path / "s"), "--only", "bpe_merge"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0 and "1 exercise blanked" in ok.stdout and "coca_min/tokenizer.py: bpe_merge" in ok.stdout
+    assert ok.returncode == 0 and "1 exercise blanked" in ok.stdout and "coca_min/data/tokenizer.py: bpe_merge" in ok.stdout
     assert "note:" not in ok.stdout  # no lesson writes a solution line for line
     bad = subprocess.run([*command, str(tmp_path / "t"), "--only", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
@@ -228,16 +228,16 @@ def test_the_grader_refuses_what_is_not_a_student_copy_in_one_line(tmp_path):
 
 def test_a_lesson_that_writes_a_solution_line_for_line_is_reported_not_refused(tmp_path):
     root = tmp_path / "repo"  # not a git checkout: every file is copied
-    (root / "coca_min").mkdir(parents=True)
+    (root / "coca_min" / "data").mkdir(parents=True)
     (root / "lessons" / "src").mkdir(parents=True)
-    tokenizer = (ROOT / "coca_min" / "tokenizer.py").read_text()
-    (root / "coca_min" / "tokenizer.py").write_text(tokenizer)
+    tokenizer = (ROOT / "coca_min" / "data" / "tokenizer.py").read_text()
+    (root / "coca_min" / "data" / "tokenizer.py").write_text(tokenizer)
     solution = region_text(tokenizer, "bpe_merge")
     (root / "lessons" / "src" / "01_tokenizer.py").write_text("def merge(ids, pair, new_id):\n" + solution)
     done = make_student(tmp_path / "student", only=["bpe_merge"], root=root)
     assert list(done["lessons_showing_solutions"]) == ["lessons/src/01_tokenizer.py"]
     assert done["lessons_showing_solutions"]["lessons/src/01_tokenizer.py"].startswith("out, i = [], 0 / while i < len(ids):")
-    assert "raise NotImplementedError" in (tmp_path / "student" / "coca_min" / "tokenizer.py").read_text()
+    assert "raise NotImplementedError" in (tmp_path / "student" / "coca_min" / "data" / "tokenizer.py").read_text()
 
 
 def test_no_lesson_or_other_file_of_the_student_version_holds_a_solution(tmp_path):

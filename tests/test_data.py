@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from coca_min import shapes
-from coca_min.data import MEAN, STD, TinyShapes, collate, preprocess
-from coca_min.image_files import CaptionManifest, CocoCaptions
-from coca_min.tokenizer import BOS, EOS, PAD, Tokenizer
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import MEAN, STD, TinyShapes, collate, preprocess
+from coca_min.data.image_files import CaptionManifest, CocoCaptions
+from coca_min.data.tokenizer import BOS, EOS, PAD, Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from coca_min import CoCa, CoCaConfig
-from coca_min.distributed import forward_backward, global_coca_loss, mean_over_ranks, step_token_count
-from coca_min.losses import coca_loss
+from coca_min.model.losses import coca_loss
+from coca_min.train.distributed import gather_with_grad, mean_over_ranks
+from coca_min.train.step import forward_backward, step_token_count
+from coca_min.model.losses import coca_loss
 from conftest import make_tokens
 
 GLOBAL_BATCH = 8
@@ -41,7 +43,9 @@ def worker(rank, world, port, result_file, accum):
     ddp = DistributedDataParallel(model)
     shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     if accum == 1:
-        losses = global_coca_loss(ddp(images[shard], tokens[shard]), tokens[shard], pad_id=0)
+        step_tokens = step_token_count([tokens[shard]], pad_id=0)  # all-reduced: every rank's tokens
+        losses = coca_loss(ddp(images[shard], tokens[shard]), tokens[shard], pad_id=0, gather=gather_with_grad,
+                           rank=rank, world_size=world, step_tokens=step_tokens)  # fmt: skip
         losses["loss"].backward()  # DDP averages the gradients over ranks
     else:  # as train.py does: this rank's shard as `accum` micro-batches, one optimizer step
         parts = [(i, t) for i, t in zip(images[shard].chunk(accum), tokens[shard].chunk(accum))]
@@ -94,7 +98,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(split):
 
 
 def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
-    from coca_min.sharding import (gathered_optimizer_state, gathered_weights, load_gathered, set_activation_checkpointing,
+    from coca_min.train.sharding import (gathered_optimizer_state, gathered_weights, load_gathered, set_activation_checkpointing,
                                    shard_model)
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -162,7 +166,7 @@ def test_one_sharded_or_checkpointed_step_gives_the_single_process_parameters(fs
 
 
 def test_activation_checkpointing_keeps_a_blocks_input_only_and_gives_the_same_gradients():
-    from coca_min.sharding import set_activation_checkpointing
+    from coca_min.train.sharding import set_activation_checkpointing
 
     model, images, tokens = micro()
     grads = []
@@ -180,7 +184,7 @@ def test_a_sharded_checkpoint_before_the_first_step_does_not_count_as_adamws_fir
     # DCP's state-dict functions give an optimizer without state one, by a step on zero gradients:
     # saved before training began, that step made AdamW's real first update 0.74 × its size
     # (bias correction of step 2). A sharded save and load (here of one plain process) keep AdamW as it is.
-    from coca_min.sharding import load_sharded, save_sharded
+    from coca_min.train.sharding import load_sharded, save_sharded
 
     def model_and_optimizer():
         model = micro()[0]

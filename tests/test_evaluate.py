@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from coca_min import shapes
-from coca_min.data import TinyShapes
-from coca_min.image_files import CaptionManifest
-from coca_min.evaluate import (TINY_CLASSES, class_embeddings, evaluate_captions, evaluate_retrieval,
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import TinyShapes
+from coca_min.data.image_files import CaptionManifest
+from coca_min.eval.evaluate import (TINY_CLASSES, class_embeddings, evaluate_captions, evaluate_retrieval,
                                evaluate_tiny_zero_shot, likelihood_scores, object_scores, plot_confusion)  # fmt: skip
 
 
@@ -120,9 +120,9 @@ import matplotlib
 matplotlib.use("svg")
 import matplotlib.pyplot as plt
 import torch
-from coca_min import shapes
-from coca_min.evaluate import plot_confusion
-from coca_min.plots import plot_training
+from coca_min.data.synthetic import shapes
+from coca_min.eval.evaluate import plot_confusion
+from coca_min.train.plots import plot_training
 
 mine = plt.figure()
 out = {str(tmp_path)!r}

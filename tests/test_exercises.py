@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 
 from conftest import make_tokens
 
-PAD, BOS, EOS = 0, 1, 2  # coca_min.tokenizer's special ids
+PAD, BOS, EOS = 0, 1, 2  # coca_min.data.tokenizer's special ids
 
 
 def generators(seed):
@@ -45,7 +45,7 @@ def merged_by_strings(ids, pair, new_id):
 
 
 def test_bpe_merge_matches_string_replacement(grade_seed):
-    from coca_min.tokenizer import _merge
+    from coca_min.data.tokenizer import _merge
     rng, _ = generators(grade_seed)
     for _ in range(200):
         ids = [rng.choice([3, 4, 5]) for _ in range(rng.randrange(0, 16))]  # 3 symbols: many repeats
@@ -57,7 +57,7 @@ def test_bpe_merge_matches_string_replacement(grade_seed):
 
 
 def test_text_mask_matches_its_definition_on_random_padding(grade_seed):
-    from coca_min.layers import causal_padding_mask
+    from coca_min.model.layers import causal_padding_mask
     rng, gen = generators(grade_seed)
     for _ in range(20):
         B, T = rng.randrange(1, 5), rng.randrange(1, 9)
@@ -97,7 +97,7 @@ def random_allowed(gen, B, T, S):
 
 @torch.no_grad()
 def test_attention_matches_loops_for_every_kind_of_mask(grade_seed):
-    from coca_min.layers import Attention
+    from coca_min.model.layers import Attention
     rng, gen = generators(grade_seed)
     torch.manual_seed(grade_seed)
     for case in ["none", "2d", "3d", "padding", "3d+padding", "cross", "cross+padding"]:
@@ -127,7 +127,7 @@ def test_attention_matches_loops_for_every_kind_of_mask(grade_seed):
 
 @torch.no_grad()
 def test_attentional_pooler_matches_loops(grade_seed):
-    from coca_min.pooler import AttentionalPooler
+    from coca_min.model.pooler import AttentionalPooler
     rng, gen = generators(grade_seed)
     torch.manual_seed(grade_seed)
     heads, d_head, context_dim = rng.randrange(1, 4), rng.randrange(1, 4), rng.randrange(2, 7)
@@ -207,7 +207,7 @@ def test_cached_decoding_in_random_chunks_matches_the_whole_text(grade_seed, mic
 
 
 def test_contrastive_loss_matches_loops(grade_seed):
-    from coca_min.losses import contrastive_loss
+    from coca_min.model.losses import contrastive_loss
     rng, gen = generators(grade_seed)
     for _ in range(5):
         B, E = rng.randrange(1, 7), rng.randrange(2, 6)
@@ -222,7 +222,7 @@ def test_contrastive_loss_matches_loops(grade_seed):
 
 
 def test_caption_loss_matches_loops(grade_seed):
-    from coca_min.losses import caption_loss
+    from coca_min.model.losses import caption_loss
     rng, gen = generators(grade_seed)
     for _ in range(5):
         B, T, V = rng.randrange(1, 4), rng.randrange(1, 6), rng.randrange(2, 7)
@@ -238,7 +238,7 @@ def test_caption_loss_matches_loops(grade_seed):
 
 
 def gather_worker(rank, world, port, seed, B, E, out):
-    from coca_min.distributed import AllGatherWithGrad
+    from coca_min.train.distributed import AllGatherWithGrad
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     x = torch.randn(B, E, generator=torch.Generator().manual_seed(seed + rank), dtype=torch.float64, requires_grad=True)
@@ -298,7 +298,7 @@ class TableModel:
 
 
 def test_greedy_decoding_matches_a_loop_per_caption(grade_seed):
-    from coca_min.generate import extend, greedy_choice
+    from coca_min.model.generate import extend, greedy_choice
     rng, gen = generators(grade_seed)
     for _ in range(5):
         V, N, P, max_new = rng.randrange(4, 9), rng.randrange(1, 5), rng.randrange(1, 3), rng.randrange(1, 8)
@@ -345,7 +345,7 @@ def kept_distribution(log_probs, temperature, top_k, top_p):
 
 
 def test_sampling_draws_from_the_top_k_and_nucleus_distribution(grade_seed):
-    from coca_min.generate import sampling_choice
+    from coca_min.model.generate import sampling_choice
     rng, gen = generators(grade_seed)
     draws = 20000
     settings = [(rng.randrange(1, 4), None), (None, rng.uniform(0.1, 0.95)),  # top-k, top-p, both,
@@ -365,7 +365,7 @@ def test_sampling_draws_from_the_top_k_and_nucleus_distribution(grade_seed):
 
 
 def test_beam_search_with_beams_for_every_caption_finds_the_brute_force_best(grade_seed):
-    from coca_min.generate import beam_search
+    from coca_min.model.generate import beam_search
     rng, gen = generators(grade_seed)
     for length_penalty in [0.0, rng.choice([0.5, 1.0]), rng.choice([1.5, 2.0])]:  # with and without the penalty
         V, max_new = 6, rng.randrange(2, 5)  # words 3, 4, 5 and [EOS]
@@ -395,7 +395,7 @@ def test_beam_search_with_beams_for_every_caption_finds_the_brute_force_best(gra
 
 
 def test_retrieval_rank_matches_counting_with_ties(grade_seed):
-    from coca_min.metrics import wrong_at_least_as_high
+    from coca_min.eval.metrics import wrong_at_least_as_high
     rng, gen = generators(grade_seed)
     for _ in range(10):
         N, M = rng.randrange(1, 6), rng.randrange(1, 8)
@@ -437,7 +437,7 @@ def bleu_by_counting(candidates, references, n_max=4):
 
 
 def test_bleu_matches_counting_by_brute_force(grade_seed):
-    from coca_min.metrics import bleu
+    from coca_min.eval.metrics import bleu
     rng, _ = generators(grade_seed)
     for _ in range(10):
         n_images = rng.randrange(1, 5)
@@ -484,7 +484,7 @@ def cider_d_with_matrices(candidates, references, n_max=4, sigma=6.0):
 
 
 def test_cider_d_matches_a_matrix_computation(grade_seed):
-    from coca_min.metrics import cider_d
+    from coca_min.eval.metrics import cider_d
     rng, _ = generators(grade_seed)
     for _ in range(10):
         n_images = rng.randrange(2, 6)

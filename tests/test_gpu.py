@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from coca_min import PRESETS, CoCa
-from coca_min.generate import generate
-from coca_min.losses import coca_loss
+from coca_min.model.generate import generate
+from coca_min.model.losses import coca_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -123,7 +123,7 @@ def test_hidden_tests_are_added_to_their_exercise_and_checked_on_the_reference(s
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     (hidden / "test_extra.py").write_text(
-        "import pytest\nfrom coca_min.metrics import bleu\n\n"
+        "import pytest\nfrom coca_min.eval.metrics import bleu\n\n"
         "@pytest.mark.grades('bleu')\ndef test_a_perfect_caption():\n"
         "    assert bleu(['a red circle'], [['a red circle']], n_max=1)[0] == pytest.approx(1.0)\n"
     )  # fmt: skip
@@ -170,14 +170,14 @@ def test_a_file_broken_outside_the_exercises_costs_the_exercises_that_import_it(
     copy = copy_of(student, tmp_path)
     for exercise_id in ["bpe_merge", "cider_d"]:
         put(copy, exercise_id, reference_code(exercise_id))
-    metrics = copy / "coca_min" / "metrics.py"
+    metrics = copy / "coca_min" / "eval" / "metrics.py"
     text = metrics.read_text()
     assert text.count("def caption_words(text: str) -> list[str]:") == 1
     metrics.write_text(text.replace("def caption_words(text: str) -> list[str]:", "def caption_words(text: str) -> list[str]"))
     line = text[: text.index("def caption_words")].count("\n") + 1
     report = grade(copy, seed=SEED, only=["bpe_merge", "cider_d"], progress=False)
     assert points(report) == {"bpe_merge": 5, "cider_d": 0}
-    assert "SyntaxError: expected ':' (coca_min/metrics.py, line" in report["exercises"]["cider_d"]["first_failure"]
+    assert "SyntaxError: expected ':' (coca_min/eval/metrics.py, line" in report["exercises"]["cider_d"]["first_failure"]
     assert report["exercises"]["bpe_merge"]["notes"] == [
-        f"the student's coca_min/metrics.py does not parse outside the exercises (line {line}: expected ':'): "
+        f"the student's coca_min/eval/metrics.py does not parse outside the exercises (line {line}: expected ':'): "
         "every test that imports it fails"]  # fmt: skip

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from coca_min import hard_negatives, shapes
-from coca_min.data import TinyShapes
-from coca_min.hard_negatives import KINDS, evaluate_hard_negatives, negative_caption, pair_scores
-from coca_min.losses import caption_loss
+from coca_min.eval import hard_negatives
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import TinyShapes
+from coca_min.eval.hard_negatives import KINDS, evaluate_hard_negatives, negative_caption, pair_scores
+from coca_min.model.losses import caption_loss
 
 WHAT = {"wrong_shape": [0], "wrong_colour": [1], "wrong_size": [2], "wrong_place": [3, 4],
         "swapped_shapes": [0], "swapped_colours": [1]}  # fmt: skip

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 from torch.autograd import gradcheck
 
-from coca_min.layers import Attention, Block, causal_padding_mask
-from coca_min.pooler import AttentionalPooler
+from coca_min.model.layers import Attention, Block, causal_padding_mask
+from coca_min.model.pooler import AttentionalPooler
 
 
 def explicit_attention(attn: Attention, x, context, mask):

@@ -177,8 +177,8 @@ def test_the_lessons_checkpoint_loads_safely_and_still_scores_what_its_readme_sa
     import torch
 
     from coca_min.checkpoint import load_checkpoint
-    from coca_min.data import TinyShapes
-    from coca_min.evaluate import evaluate_captions, evaluate_retrieval
+    from coca_min.data.datasets import TinyShapes
+    from coca_min.eval.evaluate import evaluate_captions, evaluate_retrieval
 
     path = ROOT / "lessons" / "assets" / "tiny_coca.pt"
     assert path.stat().st_size <= 4_000_000

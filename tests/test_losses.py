@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from coca_min.losses import LowMemoryCaptionLoss, caption_loss, caption_loss_for_training, coca_loss, contrastive_loss
+from coca_min.model.losses import LowMemoryCaptionLoss, caption_loss, caption_loss_for_training, coca_loss, contrastive_loss
 
 
 def test_contrastive_loss_is_paper_eq_1_on_a_worked_2x2_example():

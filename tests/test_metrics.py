@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from coca_min.metrics import bleu, caption_words, cider_d, retrieval_recalls, top_k_accuracy
+from coca_min.eval.metrics import bleu, caption_words, cider_d, retrieval_recalls, top_k_accuracy
 
 
 def test_retrieval_with_several_captions_per_image_and_ties():
@@ -36,7 +36,7 @@ def test_retrieval_a_shared_caption_is_right_for_every_image_it_describes():
 
 
 def test_caption_owners_matches_identical_texts_across_images():
-    from coca_min.evaluate import caption_owners
+    from coca_min.eval.evaluate import caption_owners
 
     captions = [["a red circle", "there is a red circle"], ["a red circle", "there is a red circle"], ["a blue square"]]
     texts, belongs = caption_owners(captions)

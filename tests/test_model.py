@@ -7,7 +7,7 @@ import torch
 from torch.autograd import gradcheck
 
 from coca_min import PRESETS, CoCa, CoCaConfig
-from coca_min.losses import coca_loss
+from coca_min.model.losses import coca_loss
 from conftest import make_tokens
 
 

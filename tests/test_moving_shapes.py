@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from coca_min import data, moving_shapes as ms, shapes
+from coca_min.data import datasets as data
+from coca_min.data.synthetic import moving_shapes as ms, shapes
 
 LEFT, RIGHT, UP, DOWN, GROWING, SHRINKING = range(6)
 assert ms.MOTIONS[LEFT] == "moving left" and ms.MOTIONS[SHRINKING] == "shrinking"

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from coca_min import PRESETS, CoCa, shapes
+from coca_min import PRESETS, CoCa, load_model
+from coca_min.data.synthetic import shapes
 from coca_min.checkpoint import load_checkpoint, save_checkpoint
-from coca_min.data import TinyShapes
+from coca_min.data.datasets import TinyShapes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample.py"
 
@@ -37,7 +38,7 @@ def test_checkpoint_round_trip(checkpoint):
     assert saved["step"] == 7 and saved["tokenizer"].vocab_size == 366
     torch.manual_seed(0)
     fresh = CoCa(PRESETS["tiny"])
-    loaded = CoCa.from_checkpoint(checkpoint / "ckpt.pt")
+    loaded = load_model(checkpoint / "ckpt.pt")
     for (name, a), (_, b) in zip(fresh.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert not list(checkpoint.glob("*.tmp"))  # written to a temporary file, then renamed

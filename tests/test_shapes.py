@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from coca_min import shapes
-from coca_min.data import TINY_DATA
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import TINY_DATA
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,8 @@ def test_grid_cells_are_blocks_of_the_tiny_models_patches():
 
 
 def test_png_export_is_a_manifest_that_reads_back_the_same_images(tmp_path):
-    from coca_min.data import TinyShapes
-    from coca_min.image_files import CaptionManifest
+    from coca_min.data.datasets import TinyShapes
+    from coca_min.data.image_files import CaptionManifest
 
     assert shapes.save_png_folder(TINY_DATA / "test.npz", tmp_path, 5) == 5
     test = TinyShapes("test", limit=5)

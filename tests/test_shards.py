@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from coca_min.data import TINY_DATA
-from coca_min.shards import ShardReader, advance, decode, samples_of, shard_collate, write_shards
-from coca_min.tokenizer import Tokenizer
+from coca_min.data.datasets import TINY_DATA
+from coca_min.data.shards import ShardReader, advance, decode_sample, samples_of, shard_collate, write_shards
+from coca_min.data.tokenizer import Tokenizer
 
 TOKENIZER = Tokenizer.load(TINY_DATA / "tokenizer.json")
 
@@ -105,7 +105,7 @@ def test_items_hold_the_preprocessed_image_and_its_caption(tmp_path):
     assert image.shape == (3, 8, 8) and place == ("000000.tar", 0)
     assert TOKENIZER.decode(tokens.tolist()) == samples[0][2][0]
     key, parts = next(samples_of(tmp_path / "000000.tar"))
-    pixels, captions = decode(parts)
+    pixels, captions = decode_sample(parts)
     assert key == "s0000" and np.array_equal(pixels.permute(1, 2, 0).numpy(), samples[0][1])  # PNG: lossless
 
 
@@ -118,7 +118,7 @@ def test_write_shards_converts_a_manifest_folder(tmp_path):
         Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(images / f"{i}.{fmt.lower()}", format=fmt)
         rows.append({"image": f"{i}.{fmt.lower()}", "caption": f"a green cross {i}"})
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    command = [sys.executable, "-m", "coca_min.data", "write-shards", "--manifest", str(tmp_path / "m.jsonl"),
+    command = [sys.executable, "-m", "coca_min.data.shards", "--manifest", str(tmp_path / "m.jsonl"),
                "--images", str(images), "--out", str(tmp_path / "shards"), "--per-shard", "2"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "wrote 3 samples in 2 shards" in done.stdout, done.stderr

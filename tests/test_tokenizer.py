@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from coca_min import PRESETS, shapes
-from coca_min.data import TINY_DATA
-from coca_min.tokenizer import BOS, EOS, PAD, Tokenizer
+from coca_min import PRESETS
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import TINY_DATA
+from coca_min.data.tokenizer import BOS, EOS, PAD, Tokenizer
 
 
 @pytest.fixture(scope="module")

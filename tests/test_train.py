@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 
 import train
-from coca_min import PRESETS, CoCa, train_report, trainer
+from coca_min import PRESETS, CoCa
+from coca_min.train import report as train_report, trainer
 from coca_min.checkpoint import load_checkpoint, read_checkpoint
-from coca_min.schedule import FakeClock
+from coca_min.train import schedule
+from coca_min.train.schedule import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--batch-size", "16", "--eval-images", "24", "--threads", "2"]
@@ -120,7 +122,7 @@ def test_a_plan_that_grows_evaluates_each_quarter_once(tmp_path, monkeypatch):
             self.tick = 0.25 if self.now < 8 else 0.1  # 0.25 s steps, then 0.1 s steps
             return super().__call__()
 
-    monkeypatch.setattr(trainer, "FakeClock", SpeedingUpClock)
+    monkeypatch.setattr(schedule, "FakeClock", SpeedingUpClock)  # what `plan` times a run with
     saved = run(tmp_path, "--minutes", 0.2, "--fake-step-seconds", 0.25)
     assert saved["step"] == saved["total_steps"] > 60  # the plan did grow past the first 48 steps
     evaluated = [e["step"] for e in saved["evaluations"]]
@@ -257,8 +259,8 @@ def finish(*runs):
 
 @pytest.mark.distributed
 def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_path):
-    from coca_min.data import TinyShapes
-    from coca_min.shards import write_shards
+    from coca_min.data.datasets import TinyShapes
+    from coca_min.data.shards import write_shards
 
     # FSDP2 at world size 2 with activation checkpointing and --accum 2: 3 steps at once (whole),
     # or 2 steps saved sharded and resumed to the 3rd, by FSDP (saving it gathered) and by one plain
@@ -305,8 +307,8 @@ def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_pa
 def write_manifest(folder, count=32, bad_row=True):
     """`count` tiny_data images as PNG files and a JSONL manifest of them (plus a row without a
     caption): real data on disk, as a user's would be."""
-    from coca_min import shapes
-    from coca_min.data import TinyShapes
+    from coca_min.data.synthetic import shapes
+    from coca_min.data.datasets import TinyShapes
 
     (folder / "images").mkdir(parents=True)
     val = TinyShapes("val", limit=count)
@@ -347,8 +349,8 @@ def test_real_data_from_a_manifest_trains_and_a_bad_row_is_one_warning_line(tmp_
 def test_training_from_tar_shards_resumes_mid_epoch_exactly(tmp_path):
     # 40 tiny_data images in 7 shards of up to 6: 5 steps of 8 pairs cross shards and an epoch's
     # end (40 // 8 = 5 steps an epoch: step 6 starts the next); 3 steps, then resumed to 7, equal 7 at once
-    from coca_min.data import TinyShapes
-    from coca_min.shards import write_shards
+    from coca_min.data.datasets import TinyShapes
+    from coca_min.data.shards import write_shards
 
     val = TinyShapes("val", limit=40)
     rgb = val.palette[val.pixels.long()].numpy()
@@ -370,7 +372,7 @@ def test_training_from_tar_shards_resumes_mid_epoch_exactly(tmp_path):
 def test_a_strict_run_stops_in_one_line_on_an_image_that_breaks_after_the_check(tmp_path, monkeypatch, workers):
     write_manifest(tmp_path, bad_row=False)
     (tmp_path / "images" / "5.png").write_bytes(b"\x89PNG broken after the check")
-    monkeypatch.setattr("coca_min.image_files._unreadable", lambda path, decode=False: None)  # the check passes it
+    monkeypatch.setattr("coca_min.data.image_files._unreadable", lambda path, decode=False: None)  # the check passes it
     with pytest.raises(SystemExit, match=r"^stopping: could not decode .*5\.png \(.*\)\. The last good checkpoint is "
                                          r".*ckpt\.pt \(step \d\)\.$"):  # fmt: skip
         run(tmp_path / "out", "--data", tmp_path / "pairs.jsonl", "--images", tmp_path / "images", "--strict",
@@ -405,7 +407,7 @@ def calls_by_function(node, function=None):
 def test_every_collective_goes_through_the_device_checked_functions():
     # NCCL takes only tensors on the GPU: a CPU tensor handed to a collective fails on GPUs only,
     # where the gloo tests cannot see it. So nothing calls torch.distributed's collectives but
-    # the few functions of coca_min.distributed that check the device first (next test)
+    # the few functions of coca_min.train.distributed that check the device first (next test)
     checked = {"all_reduce", "all_gather", "all_gather_objects", "broadcast_int", "barrier"}
     direct = []
     for path in [ROOT / "train.py", ROOT / "sample.py", *sorted((ROOT / "coca_min").glob("*.py"))]:
@@ -418,7 +420,8 @@ def test_every_collective_goes_through_the_device_checked_functions():
 
 
 def test_a_collective_refuses_a_tensor_off_the_process_groups_device(monkeypatch):
-    from coca_min import distributed as D
+    from coca_min.train import distributed as D
+    from coca_min.train.step import step_token_count
 
     sent = []
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
@@ -429,7 +432,7 @@ def test_a_collective_refuses_a_tensor_off_the_process_groups_device(monkeypatch
         monkeypatch.setattr(torch.distributed, name, lambda *a, **k: sent.append(a))
     assert D.device() == torch.device("cuda", 0)
     for call in [lambda: D.all_reduce(torch.ones(3)), lambda: D.mean_over_ranks({"loss": torch.tensor(1.0)}),
-                 lambda: D.step_token_count([torch.ones(2, 5, dtype=torch.long)], pad_id=0),
+                 lambda: step_token_count([torch.ones(2, 5, dtype=torch.long)], pad_id=0),
                  lambda: D.all_gather([torch.ones(3), torch.ones(3)], torch.ones(3))]:  # fmt: skip
         with pytest.raises(RuntimeError, match=r"tensor on cpu; its tensors must live on cuda:0"):
             call()

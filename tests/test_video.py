@@ -4,8 +4,10 @@ tokens; why an order-free summary cannot tell a motion from its reverse; the com
 import pytest
 import torch
 
-from coca_min import CoCa, moving_shapes, video
-from coca_min.data import TINY_DATA
+from coca_min import CoCa
+from coca_min.data.synthetic import moving_shapes
+from coca_min.eval import video
+from coca_min.data.datasets import TINY_DATA
 
 CHECKPOINT = TINY_DATA.parent / "lessons" / "assets" / "tiny_coca.pt"  # the lessons' trained tiny model
 
@@ -64,7 +66,7 @@ def test_training_the_video_coca_lowers_its_loss_and_leaves_the_image_encoder_al
     encoder_before = {k: v.clone() for k, v in coca.image_encoder.state_dict().items()}
     decoder_before = coca.text_decoder.token_embedding.weight.clone()
     pixels, data = clips(24, "train")
-    from coca_min.tokenizer import Tokenizer
+    from coca_min.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(TINY_DATA / "tokenizer.json")
     frame_tokens = video.clip_tokens(coca, data["frames"])
@@ -95,15 +97,15 @@ def test_the_command_refuses_a_file_that_is_not_a_checkpoint_in_one_line(tmp_pat
 
 
 def test_captions_of_clips_are_the_decoded_pooling_of_their_frames(tiny):
-    from coca_min.generate import decode
-    from coca_min.tokenizer import Tokenizer
+    from coca_min.model.generate import generate_from_caption_tokens
+    from coca_min.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(TINY_DATA / "tokenizer.json")
     pixels, _ = clips(3)
     model = video.VideoCoCa(tiny, moving_shapes.FRAMES)
     texts = video.caption_clips(model, tokenizer, pixels, max_new=6)
     with torch.no_grad():
-        expected, _ = decode(tiny, model.pool(model.frame_tokens(pixels))[1], max_new=6)
+        expected, _ = generate_from_caption_tokens(tiny, model.pool(model.frame_tokens(pixels))[1], max_new=6)
     assert texts == [tokenizer.decode(row) for row in expected] and len(texts) == 3
 
 

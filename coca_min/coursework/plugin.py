@@ -41,7 +41,7 @@ def _fail(outcome, message):
 
 
 def _where(text):
-    """ "coca_min/metrics.py, line 60" for the last file of the copy that a traceback names."""
+    """ "coca_min/eval/metrics.py, line 60" for the last file of the copy that a traceback names."""
     places = re.findall(r'File "([^"]+)", line (\d+)', text)  # in the order the traceback goes
     ours = [(f, n) for f, n in places if "coca_min/" in f and "site-packages" not in f]
     if not ours:

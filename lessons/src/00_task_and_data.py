@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import matplotlib.pyplot as plt
 
-from coca_min import shapes
-from coca_min.data import MEAN, STD, TINY_DATA, TinyShapes
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import MEAN, STD, TINY_DATA, TinyShapes
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -52,7 +52,7 @@ print("torch", torch.__version__, "| numpy", np.__version__)
 
 # %%
 from coca_min import PRESETS, CoCa
-from coca_min.losses import coca_loss
+from coca_min.model.losses import coca_loss
 
 model = CoCa(PRESETS["tiny"])
 images = torch.randn(2, 3, 48, 48)  # (batch, RGB, height, width)
@@ -79,7 +79,7 @@ print({k: round(v.item(), 4) for k, v in losses.items()})
 #
 # The paper trains on billions of web images (JFT-3B and ALIGN, §4.1), which a laptop cannot
 # hold. `tiny_data/` is this project's stand-in: 34,000 images of coloured shapes on a 3×3
-# grid, each with three captions, made by `coca_min/shapes.py`. Each split is one `.npz` file;
+# grid, each with three captions, made by `coca_min/data/synthetic/shapes.py`. Each split is one `.npz` file;
 # we open one by hand to see what is stored.
 
 # %%

@@ -25,8 +25,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from coca_min.data import TINY_DATA
-from coca_min.tokenizer import BOS, BYTE_OFFSET, EOS, PAD, SPLIT_PATTERN, Tokenizer, _merge
+from coca_min.data.datasets import TINY_DATA
+from coca_min.data.tokenizer import BOS, BYTE_OFFSET, EOS, PAD, SPLIT_PATTERN, Tokenizer, _merge
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -72,7 +72,7 @@ print(ours.most_common(6))
 # %%
 library = Counter(chunk for caption in corpus for chunk in re.findall(SPLIT_PATTERN, caption))
 assert ours == library
-print("the same chunks as coca_min.tokenizer.SPLIT_PATTERN")
+print("the same chunks as coca_min.data.tokenizer.SPLIT_PATTERN")
 
 # %% [markdown]
 # ## 3. Learning the merges
@@ -132,7 +132,7 @@ for i in [0, 1, 2, 3, 4, 10, 30, len(merges) - 1]:
 
 # %% [markdown]
 # **Check**: 107 merges, and these are exactly the merges of the tokenizer shipped with tiny_data
-# (`tiny_data/tokenizer.json`, trained by `coca_min.tokenizer.Tokenizer.train` on the same
+# (`tiny_data/tokenizer.json`, trained by `coca_min.data.tokenizer.Tokenizer.train` on the same
 # captions): same pairs, same order.
 
 # %%
@@ -150,7 +150,7 @@ for _ in range(1000):
     ids = [draw.choice([3, 4, 5]) for _ in range(draw.randrange(12))]
     pair = (draw.choice([3, 4, 5]), draw.choice([3, 4, 5]))
     assert merge(ids, pair, 99) == _merge(ids, pair, 99), (ids, pair)
-print("merge equals coca_min.tokenizer._merge on 1,000 random lists")
+print("merge equals coca_min.data.tokenizer._merge on 1,000 random lists")
 
 # %% [markdown]
 # ## 4. Encoding and decoding
@@ -252,7 +252,7 @@ print("padding only after [EOS]; id 0 never from text")
 #   learned by counting pairs inside word chunks and applied in the order learned.
 # - The tiny captions need 107 merges (366 ids) before every word is a single token.
 # - Ids 0, 1, 2 are [PAD], [BOS], [EOS] and never come from text, so padding never hides a word.
-# - Our from-scratch BPE equals `coca_min.tokenizer` merge for merge and id for id.
+# - Our from-scratch BPE equals `coca_min.data.tokenizer` merge for merge and id for id.
 #
 # ## Exercises
 # 1. Encode "a cyan cross" with the bytes only (no merges) and with all merges. How many
@@ -264,7 +264,7 @@ print("padding only after [EOS]; id 0 never from text")
 #    unable to say?
 #
 # **Coursework.** This lesson teaches the graded exercise `bpe_merge` (`_merge` in
-# `coca_min/tokenizer.py`, 5 points, about 10 min). In the student version (`python -m
+# `coca_min/data/tokenizer.py`, 5 points, about 10 min). In the student version (`python -m
 # coca_min.coursework make-student`, see `coca_min/coursework/README.md`) its code is blanked;
 # write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the tests named
 # in `coca_min/coursework/exercises.py`.

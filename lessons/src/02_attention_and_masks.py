@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from coca_min.layers import Attention, causal_padding_mask
+from coca_min.model.layers import Attention, causal_padding_mask
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -80,7 +80,7 @@ ours = causal & (~is_pad[:, None, :] | torch.eye(Tt, dtype=torch.bool))  # (1, 7
 print(ours[0].int())
 
 # %% [markdown]
-# **Check**: the same mask as `coca_min.layers.causal_padding_mask`.
+# **Check**: the same mask as `coca_min.model.layers.causal_padding_mask`.
 
 # %%
 assert torch.equal(ours, causal_padding_mask(is_pad))
@@ -149,7 +149,7 @@ print("multi-head output", tuple(ours.shape))
 # %%
 with torch.no_grad():
     assert torch.allclose(ours, layer(x, mask=mask), atol=1e-5)
-print("equal to coca_min.layers.Attention")
+print("equal to coca_min.model.layers.Attention")
 
 # %% [markdown]
 # ## 4. Causality, as a property
@@ -205,8 +205,8 @@ print("cross-attention", tuple(x.shape), "attends to", tuple(image_tokens.shape)
 #    different lengths, if it were placed right after [EOS] instead?
 #
 # **Coursework.** This lesson teaches the graded exercises `text_mask` (`causal_padding_mask`
-# in `coca_min/layers.py`, 5 points, about 15 min) and `attention` (`Attention.forward` in
-# `coca_min/layers.py`, 10 points, about 30 min). In the student version (`python -m
+# in `coca_min/model/layers.py`, 5 points, about 15 min) and `attention` (`Attention.forward` in
+# `coca_min/model/layers.py`, 10 points, about 30 min). In the student version (`python -m
 # coca_min.coursework make-student`, see `coca_min/coursework/README.md`) their code is
 # blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the
 # tests named in `coca_min/coursework/exercises.py`.

@@ -23,9 +23,10 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from coca_min import PRESETS, CoCa, count_parameters, shapes
-from coca_min.data import TinyShapes
-from coca_min.vit import VisionTransformer
+from coca_min import PRESETS, CoCa, count_parameters
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import TinyShapes
+from coca_min.model.vit import VisionTransformer
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -128,13 +129,13 @@ with torch.no_grad():
 print("image tokens", tuple(ours.shape), "= one feature per patch")
 
 # %% [markdown]
-# **Check**: our from-scratch encoder equals `coca_min.vit.VisionTransformer` on the same
+# **Check**: our from-scratch encoder equals `coca_min.model.vit.VisionTransformer` on the same
 # weights and images, to 1e-5.
 
 # %%
 with torch.no_grad():
     assert torch.allclose(ours, vit(images), atol=1e-5)
-print("equal to coca_min.vit.VisionTransformer")
+print("equal to coca_min.model.vit.VisionTransformer")
 
 # %% [markdown]
 # The output is one feature vector per patch, not one per image: a classification ViT would
@@ -187,7 +188,7 @@ for size, paper in table_1.items():
 # - CoCa's ViT returns every patch's feature and no [CLS]: the poolers read from them.
 # - The paper's encoders (86M, 303M, 1,011M parameters) follow from the config by a formula;
 #   with the decoders they give Table 1's 383M, 787M and 2.1B.
-# - Our from-scratch encoder equals `coca_min.vit.VisionTransformer`.
+# - Our from-scratch encoder equals `coca_min.model.vit.VisionTransformer`.
 #
 # ## Exercises
 # 1. Show that `patch_embed` is a convolution: build `nn.Conv2d(3, D, kernel_size=8, stride=8)`
@@ -199,7 +200,7 @@ for size, paper in table_1.items():
 #    for 576 px, and what should they start as?
 #
 # **Coursework.** This lesson teaches the graded exercise `vit_forward`
-# (`VisionTransformer.forward` in `coca_min/vit.py`, 10 points, about 20 min). In the student
+# (`VisionTransformer.forward` in `coca_min/model/vit.py`, 10 points, about 20 min). In the student
 # version (`python -m coca_min.coursework make-student`, see `coca_min/coursework/README.md`)
 # its code is blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers,
 # and run the tests named in `coca_min/coursework/exercises.py`.

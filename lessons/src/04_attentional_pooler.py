@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 import coca_min
-from coca_min import PRESETS, CoCa, shapes
-from coca_min.data import TinyShapes
+from coca_min import PRESETS, CoCa, load_model
+from coca_min.data.synthetic import shapes
+from coca_min.data.datasets import TinyShapes
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -83,7 +84,7 @@ print("attention weights", tuple(weights.shape), "= (images, heads, queries, ima
 # %%
 with torch.no_grad():
     assert torch.allclose(caption_tokens, pooler(vit_tokens), atol=1e-5)
-print("equal to coca_min.pooler.AttentionalPooler")
+print("equal to coca_min.model.pooler.AttentionalPooler")
 
 # %% [markdown]
 # ## 2. Two poolers, in cascade
@@ -134,7 +135,7 @@ print("cascade: the embedding reads the caption pooler; parallel: it does not")
 # query's attention over the 36 patches, and draw the maps on the 6 × 6 patch grid.
 
 # %%
-trained = CoCa.from_checkpoint(ASSETS / "tiny_coca.pt").eval()
+trained = load_model(ASSETS / "tiny_coca.pt")
 test = TinyShapes("test", limit=200)
 with torch.no_grad():
     tokens_of_test = trained.image_encoder(test.images(range(200)))  # (200, 36, 64)
@@ -187,7 +188,7 @@ assert mass >= 1.5 * share
 #    not a one-vector contrastive embedding?
 #
 # **Coursework.** This lesson teaches the graded exercise `attentional_pooler`
-# (`AttentionalPooler.forward` in `coca_min/pooler.py`, 5 points, about 15 min). In the student
+# (`AttentionalPooler.forward` in `coca_min/model/pooler.py`, 5 points, about 15 min). In the student
 # version (`python -m coca_min.coursework make-student`, see `coca_min/coursework/README.md`)
 # its code is blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers,
 # and run the tests named in `coca_min/coursework/exercises.py`.

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from coca_min import PRESETS, CoCa
-from coca_min.data import TinyShapes
-from coca_min.layers import causal_padding_mask
+from coca_min.data.datasets import TinyShapes
+from coca_min.model.layers import causal_padding_mask
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -56,7 +56,7 @@ B, T = tokens.shape
 print(tokens)
 
 
-def block(x, b, mask):  # pre-LN: self-attention, [cross-attention], MLP (coca_min.layers.Block)
+def block(x, b, mask):  # pre-LN: self-attention, [cross-attention], MLP (coca_min.model.layers.Block)
     x = x + b.attn(b.ln_attn(x), mask=mask)
     return x + b.mlp(b.ln_mlp(x))
 
@@ -206,7 +206,7 @@ print(f"text embedding blind to the image; logits before position {last} unchang
 #    retrieval and for captioning? (§4.5 has an ablation.)
 #
 # **Coursework.** This lesson teaches the graded exercise `cls_token` (`TextDecoder.unimodal`
-# in `coca_min/decoder.py`, 10 points, about 30 min). In the student version (`python -m
+# in `coca_min/model/decoder.py`, 10 points, about 30 min). In the student version (`python -m
 # coca_min.coursework make-student`, see `coca_min/coursework/README.md`) its code is blanked;
 # write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the tests named
 # in `coca_min/coursework/exercises.py`.

@@ -29,17 +29,17 @@ import torch
 import torch.nn.functional as F
 
 import coca_min
-from coca_min import PRESETS, CoCa
-from coca_min.data import TinyShapes, collate
-from coca_min.losses import caption_loss, coca_loss, contrastive_loss
-from coca_min.tokenizer import BYTE_OFFSET, PAD
+from coca_min import PRESETS, CoCa, load_model
+from coca_min.data.datasets import TinyShapes, collate
+from coca_min.model.losses import caption_loss, coca_loss, contrastive_loss
+from coca_min.data.tokenizer import BYTE_OFFSET, PAD
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
 print("torch", torch.__version__)
 ASSETS = Path(coca_min.__file__).resolve().parents[1] / "lessons" / "assets"  # from any working directory
 
-trained = CoCa.from_checkpoint(ASSETS / "tiny_coca.pt").eval()
+trained = load_model(ASSETS / "tiny_coca.pt")
 val = TinyShapes("val", limit=8)
 tokenizer = val.tokenizer
 images, tokens = collate([val[i] for i in range(8)])  # right-padded with PAD to the longest caption
@@ -99,7 +99,7 @@ fig.suptitle("8 val pairs through the trained tiny model: the right pairs are on
 fig.tight_layout()
 
 # %% [markdown]
-# **Check 1**: the from-scratch eq. 1 equals `coca_min.losses.contrastive_loss`, on the trained
+# **Check 1**: the from-scratch eq. 1 equals `coca_min.model.losses.contrastive_loss`, on the trained
 # batch and on random unit vectors with $s = 1/0.07$ (1e-6); and swapping images and texts
 # swaps the two directions (1e-6).
 
@@ -168,7 +168,7 @@ print("G", tuple(G.shape), "| dL/dx", tuple(grad_x.shape), "| dL/dy", tuple(grad
 
 # %% [markdown]
 # **Check 2**: the hand-made gradients equal autograd's, through our loss and through
-# `coca_min.losses.contrastive_loss`, to 1e-10 (float64).
+# `coca_min.model.losses.contrastive_loss`, to 1e-10 (float64).
 #
 # **Check 3**: `torch.autograd.gradcheck` (finite differences against autograd, float64, its
 # default atol 1e-5, rtol 1e-3) passes on coca_min's `contrastive_loss` in all three inputs.
@@ -181,7 +181,7 @@ assert all(torch.allclose(h, a, atol=1e-10, rtol=0) for h, a in zip(by_hand * 2,
 worst = max((h - a).abs().max().item() for h, a in zip(by_hand * 2, ours + library))
 print(f"largest difference, hand vs autograd (ours and coca_min's): {worst:.1e}")
 assert torch.autograd.gradcheck(contrastive_loss, (x64, y64, s64))
-print("gradcheck passed on coca_min.losses.contrastive_loss")
+print("gradcheck passed on coca_min.model.losses.contrastive_loss")
 
 # %% [markdown]
 # ## 3. The learnable temperature, and its clamp
@@ -277,7 +277,7 @@ fig.tight_layout()
 # gradient (a factor $s$, section 2), as large as it likes. The untrained model's loss is
 # lowest at $s \approx 2$. The clamp keeps $s \le 100$ (CLIP's cap, `CoCa.max_logit_scale`).
 #
-# It acts **on the parameter, after each optimizer step** (`coca_min/trainer.py` calls
+# It acts **on the parameter, after each optimizer step** (`coca_min/train/trainer.py` calls
 # `model.clamp_logit_scale_()` after every `optimizer.step()`): as its docstring says,
 # $\min(e^t, 100)$ in the forward pass has zero gradient once $e^t > 100$, so $t$ would stop
 # being trained there: stuck above the cap, whatever the loss asked for later.
@@ -289,7 +289,7 @@ fig.tight_layout()
 
 # %%
 test_x, test_y = embeddings["trained, 128 test pairs"]
-clamped = CoCa.from_checkpoint(ASSETS / "tiny_coca.pt").eval()  # a copy to change
+clamped = load_model(ASSETS / "tiny_coca.pt")  # a copy to change
 
 
 def gradient_on_t(clamp_in_forward):  # dL_con/dt on the 128 trained test pairs
@@ -340,7 +340,7 @@ for t in range(12):
 # The loss from scratch: each target's log-probability under its position's log-softmax, the
 # [PAD] targets masked out, the mean over the real ones.
 #
-# **Check 5**: it equals `coca_min.losses.caption_loss` on the trained model's logits (1e-6).
+# **Check 5**: it equals `coca_min.model.losses.caption_loss` on the trained model's logits (1e-6).
 
 # %%
 def caption_by_hand(logits, targets, pad_id):
@@ -353,7 +353,7 @@ def caption_by_hand(logits, targets, pad_id):
 l_cap = caption_by_hand(logits, targets, PAD)
 assert torch.allclose(l_cap, caption_loss(logits, targets, PAD), atol=1e-6)
 print(f"L_cap {l_cap.item():.6f} over {int((targets != PAD).sum())} real targets of {targets.numel()} positions; "
-      "equal to coca_min.losses.caption_loss")  # fmt: skip
+      "equal to coca_min.model.losses.caption_loss")  # fmt: skip
 
 # %% [markdown]
 # **Check 6** (padding is ignored): padding the batch further, to the context length of 32,
@@ -401,7 +401,7 @@ print(f"{len(texts)} texts, no id 0 among their tokens; bytes start at id {BYTE_
 # the paper's balance with the mean, its contrastive weight must be 2.
 #
 # **Check 8**: our $\mathcal{L}_\text{CoCa} = 1\cdot\mathcal{L}_\text{Con} + 2\cdot\mathcal{L}_\text{Cap}$
-# and its two terms equal `coca_min.losses.coca_loss`'s (1e-6); and CLIP's mean is half of
+# and its two terms equal `coca_min.model.losses.coca_loss`'s (1e-6); and CLIP's mean is half of
 # coca_min's eq. 1 on the same logits (1e-7 relative), on the trained batch and on random pairs.
 
 # %%
@@ -478,8 +478,8 @@ print(f"tokens {tuple(fresh_tokens.shape)}: losses equal; gradients equal on all
 #    per-token mean with $\lambda_\text{Cap} = 2$.
 #
 # **Coursework.** This lesson teaches the graded exercises `contrastive_loss`
-# (`contrastive_loss` in `coca_min/losses.py`, 10 points, about 20 min) and `caption_loss`
-# (`caption_loss` in `coca_min/losses.py`, 5 points, about 15 min). In the student version
+# (`contrastive_loss` in `coca_min/model/losses.py`, 10 points, about 20 min) and `caption_loss`
+# (`caption_loss` in `coca_min/model/losses.py`, 5 points, about 15 min). In the student version
 # (`python -m coca_min.coursework make-student`, see `coca_min/coursework/README.md`) their
 # code is blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and
 # run the tests named in `coca_min/coursework/exercises.py`.

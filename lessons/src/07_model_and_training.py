@@ -37,12 +37,12 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import coca_min
-from coca_min import PRESETS, CoCa, count_parameters
-from coca_min.data import TinyShapes, collate
-from coca_min.distributed import forward_backward
-from coca_min.losses import coca_loss
-from coca_min.schedule import Schedule
-from coca_min.trainer import make_optimizer
+from coca_min import PRESETS, CoCa, count_parameters, load_model
+from coca_min.data.datasets import TinyShapes, collate
+from coca_min.train.distributed import forward_backward
+from coca_min.model.losses import coca_loss
+from coca_min.train.schedule import Schedule
+from coca_min.train.trainer import make_optimizer
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
@@ -50,7 +50,7 @@ print("torch", torch.__version__)
 ASSETS = Path(coca_min.__file__).resolve().parents[1] / "lessons" / "assets"  # from any working directory
 
 config = PRESETS["tiny"]
-trained = CoCa.from_checkpoint(ASSETS / "tiny_coca.pt").eval()
+trained = load_model(ASSETS / "tiny_coca.pt")
 log = json.loads((ASSETS / "tiny_coca_history.json").read_text())  # the metrics log of its training run
 history, evaluations = log["history"], log["evaluations"]
 val = TinyShapes("val", limit=8)
@@ -170,7 +170,7 @@ assert counted == formula
 #
 # ## 3. A training step, from scratch
 #
-# One step of coca_min's trainer (`coca_min/trainer.py`): forward, the CoCa loss, backward,
+# One step of coca_min's trainer (`coca_min/train/trainer.py`): forward, the CoCa loss, backward,
 # clip the gradient norm, set the step's learning rate, an AdamW step, and keep the scale
 # $s \le 100$ (lesson 06). We write each piece and check it against coca_min's.
 #
@@ -272,7 +272,7 @@ fig.tight_layout()
 # $$g \leftarrow g \cdot \min\Big(1, \frac{c}{\lVert g \rVert_2 + 10^{-6}}\Big), \qquad \lVert g\rVert_2 = \sqrt{\textstyle\sum_p \lVert g_p \rVert_2^2}.$$
 #
 # `train_step` below is the whole step as the trainer runs it on one process. The trainer's
-# forward and backward pass is `coca_min.distributed.forward_backward`, which also serves
+# forward and backward pass is `coca_min.train.distributed.forward_backward`, which also serves
 # several processes and gradient accumulation; on one process and one micro-batch it must
 # match our two lines.
 #
@@ -523,7 +523,7 @@ print("colour before shape; captions of seen pairs before held-out pairs; retrie
 #
 # Beyond the numbers: a batch of 65,536 is spread over many chips, so the contrastive loss must
 # compare every image with the texts of *all* chips, through an all-gather whose backward
-# returns each chip its share of the gradient (`coca_min/distributed.py`, lesson 10). For
+# returns each chip its share of the gradient (`coca_min/train/distributed.py`, lesson 10). For
 # short runs, AdamW with warm-up and cosine decay is the usual choice, and the tiny run's.
 
 # %% [markdown]

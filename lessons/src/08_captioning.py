@@ -3,12 +3,12 @@
 #
 # **What you will learn**
 # - how a trained CoCa writes a caption, one token at a time, and three ways to choose the
-#   tokens, each written from scratch and checked against `coca_min.generate`: greedy decoding,
+#   tokens, each written from scratch and checked against `coca_min.model.generate`: greedy decoding,
 #   beam search with a length penalty, sampling with temperature, top-k and nucleus (top-p);
 # - why beam search must add log-probabilities, not raw logits;
 # - the key/value cache: why decoding without it is quadratic, and what it saves in time.
 #
-# **Paper**: §4.3 (captioning); the decoding methods are the standard ones `coca_min.generate` implements.
+# **Paper**: §4.3 (captioning); the decoding methods are the standard ones `coca_min.model.generate` implements.
 #
 # **Assumes**: lesson 01 ([BOS], [EOS], [PAD]), lesson 04 (the caption pooler's tokens) and
 # lesson 05 (the two halves of the decoder).
@@ -32,11 +32,11 @@ import matplotlib.pyplot as plt
 import torch
 
 import coca_min
-from coca_min import shapes
+from coca_min.data.synthetic import shapes
 from coca_min.checkpoint import load_checkpoint
-from coca_min.data import TinyShapes
-from coca_min.generate import Stepper, caption, generate, sampling_choice
-from coca_min.tokenizer import BOS, EOS, PAD
+from coca_min.data.datasets import TinyShapes
+from coca_min.model.generate import Stepper, caption, generate, sampling_choice
+from coca_min.data.tokenizer import BOS, EOS, PAD
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
@@ -137,7 +137,7 @@ for i in range(3):
 library_tokens, library_scores = generate(model, images, method="greedy")
 assert torch.equal(greedy_tokens, library_tokens)
 assert torch.allclose(greedy_scores, library_scores, atol=1e-4)
-print("greedy: the same tokens and scores as coca_min.generate")
+print("greedy: the same tokens and scores as coca_min.model.generate")
 
 # %% [markdown]
 # ## 3. Beam search with a length penalty
@@ -208,7 +208,7 @@ greedy_of_chosen = caption(model, tokenizer, test.images(chosen))
 for row, image in enumerate(chosen):
     print(f"test image {image}\n  reference   {test.captions[image][0]}\n  greedy      {greedy_of_chosen[row]}")
     print(f"  beam a=0    {beams[image, 0.0]}\n  beam a=1    {beams[image, 1.0]}")
-print("beam search: the same tokens and scores as coca_min.generate, for alpha 0 and 1")
+print("beam search: the same tokens and scores as coca_min.model.generate, for alpha 0 and 1")
 
 # %% [markdown]
 # On images 74 and 180 the search without penalty ($\alpha = 0$) returns the shorter caption
@@ -477,10 +477,10 @@ print(f"equal to the canonical reference, of these 12: greedy {exact['greedy']},
 #    31 `decode_step` calls (all layers, keys and values)? Check with the tensors' `nbytes`.
 #
 # **Coursework.** This lesson teaches the graded exercises `kv_cache_step`
-# (`TextDecoder.decode_step` in `coca_min/decoder.py`, 10 points, about 40 min),
-# `greedy_decoding` (`extend` in `coca_min/generate.py`, 5 points, about 20 min),
-# `nucleus_sampling` (`sampling_choice.choose` in `coca_min/generate.py`, 5 points, about 20
-# min) and `beam_search` (`beam_search` in `coca_min/generate.py`, 15 points, about 60 min). In
+# (`TextDecoder.decode_step` in `coca_min/model/decoder.py`, 10 points, about 40 min),
+# `greedy_decoding` (`extend` in `coca_min/model/generate.py`, 5 points, about 20 min),
+# `nucleus_sampling` (`sampling_choice.choose` in `coca_min/model/generate.py`, 5 points, about 20
+# min) and `beam_search` (`beam_search` in `coca_min/model/generate.py`, 15 points, about 60 min). In
 # the student version (`python -m coca_min.coursework make-student`, see
 # `coca_min/coursework/README.md`) their code is blanked; write it between the `# BEGIN
 # EXERCISE` and `# END EXERCISE` markers, and run the tests named in

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 
 import coca_min
-from coca_min import evaluate, hard_negatives, metrics, shapes
+from coca_min.eval import evaluate, hard_negatives, metrics
+from coca_min.data.synthetic import shapes
 from coca_min.checkpoint import load_checkpoint
-from coca_min.data import TINY_DATA, TinyShapes
-from coca_min.generate import caption
+from coca_min.data.datasets import TINY_DATA, TinyShapes
+from coca_min.model.generate import caption
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -488,7 +489,7 @@ print("captioner's held-out mistakes (true -> predicted):", missed)
 # %% [markdown]
 # ## 5. Hard negatives: the bag-of-words test
 #
-# Retrieval alone overstates what a model understands (`coca_min/hard_negatives.py`): a batch
+# Retrieval alone overstates what a model understands (`coca_min/eval/hard_negatives.py`): a batch
 # of captions can usually be told apart by *which words* they contain. A harder test sets each
 # image's true caption against the same caption with exactly one thing wrong:
 #
@@ -664,9 +665,9 @@ print(f"(for comparison: image->text R@1 on 300 test images {retrieval['image_to
 #    `head_scores`), are the two cosines nearly tied? Compare the captioner's log p gaps.
 #
 # **Coursework.** This lesson teaches the graded exercises `retrieval_rank`
-# (`wrong_at_least_as_high` in `coca_min/metrics.py`, 5 points, about 15 min), `bleu` (`bleu`
-# in `coca_min/metrics.py`, 10 points, about 40 min) and `cider_d` (`cider_d` in
-# `coca_min/metrics.py`, 10 points, about 45 min). In the student version (`python -m
+# (`wrong_at_least_as_high` in `coca_min/eval/metrics.py`, 5 points, about 15 min), `bleu` (`bleu`
+# in `coca_min/eval/metrics.py`, 10 points, about 40 min) and `cider_d` (`cider_d` in
+# `coca_min/eval/metrics.py`, 10 points, about 45 min). In the student version (`python -m
 # coca_min.coursework make-student`, see `coca_min/coursework/README.md`) their code is
 # blanked; write it between the `# BEGIN EXERCISE` and `# END EXERCISE` markers, and run the
 # tests named in `coca_min/coursework/exercises.py`.

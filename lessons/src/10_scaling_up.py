@@ -37,11 +37,11 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 from torch.utils.flop_counter import FlopCounterMode
 
 import coca_min
-import coca_min.flops
+import coca_min.model.flops
 from coca_min import PRESETS, CoCa, count_parameters
-from coca_min import distributed as D
-from coca_min.layers import Block
-from coca_min.losses import caption_loss, coca_loss, contrastive_loss
+from coca_min.train import distributed as D
+from coca_min.model.layers import Block
+from coca_min.model.losses import caption_loss, coca_loss, contrastive_loss
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -81,7 +81,7 @@ print("gradients:", [tuple(g.shape) for g in reference[1:]], "(image rows, text 
 # %% [markdown]
 # ### The gather with gradient, by hand
 #
-# `coca_min.distributed.AllGatherWithGrad` is an autograd function:
+# `coca_min.train.distributed.AllGatherWithGrad` is an autograd function:
 #
 # - **forward**: every rank receives every rank's rows, $X = [x_0; x_1; \dots; x_{W-1}]$, $(N, E)$;
 # - **backward**: rank $k$'s loss sends gradient $\partial L_k / \partial X$ to *every* row.
@@ -508,15 +508,15 @@ def forward_flops(c, T=None):
 print({part: f"{value / 1e6:.2f} MFLOP" for part, value in forward_flops(PRESETS["tiny"]).items()}, "per pair, tiny")
 
 # %% [markdown]
-# **Check** (exact): our formula is `coca_min.flops.forward_flops`, the one `bench.py` divides
+# **Check** (exact): our formula is `coca_min.model.flops.forward_flops`, the one `bench.py` divides
 # by for its MFU, part by part, for every preset and both pooler modes.
 
 # %%
 for name, preset in PRESETS.items():
     for mode in ["cascade", "parallel"]:
         c_mode = dataclasses.replace(preset, pooler_mode=mode)
-        assert forward_flops(c_mode) == coca_min.flops.forward_flops(c_mode), (name, mode)
-print(f"forward_flops equals coca_min.flops.forward_flops for {len(PRESETS)} presets x 2 pooler modes")
+        assert forward_flops(c_mode) == coca_min.model.flops.forward_flops(c_mode), (name, mode)
+print(f"forward_flops equals coca_min.model.flops.forward_flops for {len(PRESETS)} presets x 2 pooler modes")
 
 # %% [markdown]
 # `torch.utils.flop_counter.FlopCounterMode` counts the FLOPs of the matrix products that run:
@@ -597,7 +597,7 @@ print(f"a 40% MFU target: {target:,.0f} pairs/s ({target / 1011:.2f}x the compil
 # ## 5. Launching with `torchrun`
 #
 # `torchrun` starts one process per GPU and sets each one's `RANK`, `LOCAL_RANK` and
-# `WORLD_SIZE`. `train.py` (`coca_min.distributed.setup`) then joins the process group with
+# `WORLD_SIZE`. `train.py` (`coca_min.train.distributed.setup`) then joins the process group with
 # **NCCL** on CUDA and **gloo** otherwise, wraps the model in DDP and gives each rank its shard
 # of the data (a `DistributedSampler`). Only rank 0 evaluates and writes checkpoints.
 #
@@ -673,7 +673,7 @@ print("--batch-size 1024, pairs per micro-batch:", "; ".join(f"{n} processes, --
 #    images/s of CoCa-Base be?
 #
 # **Coursework.** This lesson teaches the graded exercise `all_gather_backward`
-# (`AllGatherWithGrad.backward` in `coca_min/distributed.py`, 10 points, about 30 min). In the
+# (`AllGatherWithGrad.backward` in `coca_min/train/distributed.py`, 10 points, about 30 min). In the
 # student version (`python -m coca_min.coursework make-student`, see
 # `coca_min/coursework/README.md`) its code is blanked; write it between the `# BEGIN EXERCISE`
 # and `# END EXERCISE` markers, and run the tests named in `coca_min/coursework/exercises.py`.

@@ -41,9 +41,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import coca_min
-from coca_min import moving_shapes, probe, shapes, video
+from coca_min.data.synthetic import moving_shapes, shapes
+from coca_min.eval import probe, video
 from coca_min.checkpoint import load_checkpoint
-from coca_min.data import TinyShapes
+from coca_min.data.datasets import TinyShapes
 
 torch.set_flush_denormal(True)  # denormals (below ~1e-38) are read and written as 0
 torch.manual_seed(0)
@@ -114,7 +115,7 @@ state = dict(zip(library_probe.state_dict(), weights.values()))  # our weights a
 library_probe.load_state_dict(state)  # strict: every key, every shape
 with torch.no_grad():
     assert torch.allclose(logits, library_probe(X), atol=1e-5)
-print("equal to coca_min.probe.AttentiveProbe;", sum(p.numel() for p in library_probe.parameters()), "weights")
+print("equal to coca_min.eval.probe.AttentiveProbe;", sum(p.numel() for p in library_probe.parameters()), "weights")
 
 # %% [markdown]
 # The linear probe reads the unit-norm contrastive embedding $x \in \mathbb{R}^E$, whose
@@ -129,7 +130,7 @@ with torch.no_grad():
     x, _ = model.encode_image(test_images)  # (8, E), unit norm
     assert torch.allclose(math.sqrt(c.embed_dim) * x @ linear.classifier.weight.T + linear.classifier.bias,
                           linear(x), atol=1e-5)  # fmt: skip
-print("embedding", tuple(x.shape), "-> logits", tuple(linear(x).shape), "| equal to coca_min.probe.LinearProbe")
+print("embedding", tuple(x.shape), "-> logits", tuple(linear(x).shape), "| equal to coca_min.eval.probe.LinearProbe")
 
 # %% [markdown]
 # ### The features, once
@@ -301,7 +302,7 @@ with torch.no_grad():
     library_embedding, library_caption_tokens = video_coca.encode_video(pixels)
 assert torch.allclose(clip_embedding, library_embedding, atol=1e-5)
 assert torch.allclose(clip_caption_tokens, library_caption_tokens, atol=1e-5)
-print("equal to coca_min.video.VideoCoCa.encode_video")
+print("equal to coca_min.eval.video.VideoCoCa.encode_video")
 
 # %% [markdown]
 # ### What a probe can read from a clip
@@ -340,7 +341,7 @@ print("train", tuple(train_both.shape), "| test", tuple(test_both.shape), "| tes
 
 # %%
 assert torch.allclose(train_tokens[:8], video.clip_tokens(model, train["frames"][:8]), atol=1e-5)
-print("equal to coca_min.video.clip_tokens")
+print("equal to coca_min.eval.video.clip_tokens")
 
 # %% [markdown]
 # `motion_probes` trains one probe per summary with `fit`'s defaults: batch 256, learning rate
@@ -371,7 +372,7 @@ def motion_accuracies(train_tokens, train_motion, test_tokens, test_motion, step
 # %%
 small = (train_tokens[:24], train_motion[:24], test_tokens[:24], test_motion[:24])
 assert motion_accuracies(*small, steps=5)[0] == video.motion_probes(*small, steps=5)
-print("equal to coca_min.video.motion_probes")
+print("equal to coca_min.eval.video.motion_probes")
 
 # %% [markdown]
 # Now the four probes on the 720 training clips, each for 400 steps of batch 12 at learning
@@ -440,7 +441,7 @@ fig.tight_layout()
 # the object diluted among them); then the one without a time embedding stays above $\ln 2$,
 # and the one with it reads the order and goes below.
 #
-# The library's own run (`python -m coca_min.video`, below) trains each probe for 400 steps of
+# The library's own run (`python -m coca_min.eval.video`, below) trains each probe for 400 steps of
 # 256 on 3,000 clips, tested on 600: (a) 28.8%, (b) 48.0%, (c) 45.8% and with the time
 # embedding 98.3%. The same picture; more steps and clips take the time-embedding probe much
 # further.
@@ -452,7 +453,7 @@ fig.tight_layout()
 # are the image model's. Training it is too slow for this notebook, so here is the output of
 #
 # ```bash
-# python -m coca_min.video --checkpoint lessons/assets/tiny_coca.pt
+# python -m coca_min.eval.video --checkpoint lessons/assets/tiny_coca.pt
 # ```
 #
 # on the project's 2-core CPU machine, 2026-12-01 (4 min 15 s, unloaded). After the motion probes above, it trains the poolers, a time embedding and the
@@ -487,7 +488,7 @@ fig.tight_layout()
 #
 # ## Exercises
 # 1. Probe an encoder that was never trained: `torch.manual_seed(0); coca_min.CoCa(model.config).eval()`
-#    through `tiny_features` and `probe_task`, or `python -m coca_min.probe --checkpoint
+#    through `tiny_features` and `probe_task`, or `python -m coca_min.eval.probe --checkpoint
 #    lessons/assets/tiny_coca.pt --random-encoder`. What did pretraining buy, and which probe?
 # 2. Run the third task, `count` (1 to 3 objects), with both probes. Is one pooled vector a
 #    good counter? Why?

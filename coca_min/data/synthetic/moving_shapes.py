@@ -24,6 +24,7 @@ import re
 import numpy as np
 
 from . import shapes
+from coca_min.words import with_article
 
 FRAMES = 8
 SPEED = 3  # pixels per frame
@@ -74,7 +75,7 @@ def render_clip(clip) -> np.ndarray:
 
 def caption(clip) -> str:
     """"a red circle moving left", "an orange square growing"."""
-    return shapes.with_article(
+    return with_article(
         f"{shapes.COLOURS[clip['colour']]} {shapes.SHAPES[clip['shape']]} {MOTIONS[clip['motion']]}"
     )
 
@@ -110,7 +111,7 @@ def to_pixels(frames):
     data.TinyShapes.images normalises an image."""
     import torch
 
-    from .data import MEAN, STD
+    from coca_min.data.datasets import MEAN, STD
 
     rgb = torch.from_numpy(shapes.PALETTE)[torch.as_tensor(np.asarray(frames)).long()]  # (N, F, 48, 48, 3)
     return ((rgb.permute(0, 1, 4, 2, 3).float() / 255) - MEAN) / STD

@@ -19,7 +19,7 @@ relational ("a red circle is left of a blue square"). Eight colour-shape pairs (
 occur in `train`, `val` or `test`; every `test_comp` image has at least one: the compositional
 test.
 
-    python -m coca_min.shapes --out tiny_data      # regenerates tiny_data/ exactly
+    python -m coca_min.data.synthetic.shapes --out tiny_data      # regenerates tiny_data/ exactly
 
 Left out: occlusion, rotation, textures, backgrounds; anything that would make captions
 ambiguous.
@@ -28,6 +28,8 @@ ambiguous.
 import re
 
 import numpy as np
+
+from coca_min.words import with_article
 
 CELL = 16  # pixels per grid cell: 2x2 patches of 8 px
 IMAGE_SIZE = 3 * CELL  # 48 px: a 3x3 grid of cells
@@ -113,10 +115,6 @@ def render(objects, jitter) -> np.ndarray:
         cy, cx = CELL_CENTRES[row] + int(jy), CELL_CENTRES[col] + int(jx)
         image[shape_mask(SHAPES[shape], RADIUS[SIZES[size]], ys - cy, xs - cx)] = 1 + colour
     return image
-
-
-def with_article(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words  # "an orange square"
 
 
 def place_phrase(row: int, col: int) -> str:
@@ -241,10 +239,10 @@ def main():
     import time
     from pathlib import Path
 
-    from .cli import Parser, ranged
-    from .tokenizer import Tokenizer
+    from coca_min.cli import Parser, ranged
+    from coca_min.data.tokenizer import Tokenizer
 
-    parser = Parser(prog="python -m coca_min.shapes", description="Regenerate the tiny shapes-with-captions set, "
+    parser = Parser(prog="python -m coca_min.data.synthetic.shapes", description="Regenerate the tiny shapes-with-captions set, "
                     "or (--png) write some of its images as PNG files with a manifest.")  # fmt: skip
     parser.add_argument("--out", default="tiny_data", help="output folder (default: tiny_data)")
     parser.add_argument("--vocab-size", type=ranged(int, minimum=259), default=512, help="tokenizer's largest vocabulary")
@@ -253,9 +251,9 @@ def main():
     parser.add_argument("--count", type=ranged(int, minimum=1), default=16, help="--png: how many images (default: 16)")
     args = parser.parse_args()
     if args.png:
-        source = Path(__file__).resolve().parents[1] / "tiny_data" / f"{args.split}.npz"
+        source = Path(__file__).resolve().parents[3] / "tiny_data" / f"{args.split}.npz"  # coca_min/data/synthetic/ is three below
         if not source.is_file():
-            parser.error(f"{source} not found; regenerate it with `python -m coca_min.shapes`")
+            parser.error(f"{source} not found; regenerate it with `python -m coca_min.data.synthetic.shapes`")
         written = save_png_folder(source, Path(args.png), args.count)
         print(f"{written} {args.split} images -> {args.png}/00000.png …, captions in {args.png}/captions.jsonl")
         return

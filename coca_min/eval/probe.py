@@ -11,7 +11,7 @@ Because the encoder is frozen, its outputs are computed once (`frozen_features`,
 `torch.inference_mode()`) and the probes train on those stored tensors: a probe step costs a
 pooler, not a ViT. The model itself is never changed.
 
-On tiny_data (`python -m coca_min.probe --checkpoint …`), three label sets (`TASKS`):
+On tiny_data (`python -m coca_min.eval.probe --checkpoint …`), three label sets (`TASKS`):
 
 - `pair`: tiny_data's 40 colour-shape classes on the `classes` split (25 one-object images of
   each; 15 train the probe, 10 test it). "held-out": the test images of the 8 pairs CoCa never
@@ -33,9 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import shapes
-from .pooler import AttentionalPooler
-from .schedule import Schedule
+from coca_min.data.synthetic import shapes
+from coca_min.model.pooler import AttentionalPooler
+from coca_min.train.schedule import Schedule
 
 
 class AttentiveProbe(nn.Module):
@@ -164,7 +164,7 @@ def task_splits(task, features):
 
 def tiny_features(model, train_images=12000, progress=False):
     """Frozen features of the tiny splits the tasks use: split -> (tokens, embeddings, objects)."""
-    from .data import TinyShapes
+    from coca_min.data.datasets import TinyShapes
 
     features = {}
     for split, limit in [("train", train_images), ("test", None), ("test_comp", None), ("classes", None)]:
@@ -199,9 +199,9 @@ def table(results) -> str:
 
 
 def main(argv=None):
-    from .cli import Parser, ranged
+    from coca_min.cli import Parser, ranged
 
-    parser = Parser(prog="python -m coca_min.probe", description="Frozen-feature evaluation of a trained tiny CoCa: "
+    parser = Parser(prog="python -m coca_min.eval.probe", description="Frozen-feature evaluation of a trained tiny CoCa: "
                     "an attentive probe on the image tokens and a linear probe on the embedding, on tiny_data's labels.")  # fmt: skip
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of train.py (e.g. lessons/assets/tiny_coca.pt)")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), help="label sets (default: all)")
@@ -213,8 +213,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the probes' initial weights and batches (default: 0)")
     args = parser.parse_args(argv)
 
-    from .checkpoint import load_checkpoint
-    from .model import CoCa
+    from coca_min.checkpoint import load_checkpoint
+    from coca_min.model.coca import CoCa
 
     try:
         model = load_checkpoint(args.checkpoint)["model"]

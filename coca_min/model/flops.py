@@ -20,7 +20,7 @@ tokens of width Dv, text width D, S caption queries, embedding E, vocabulary V):
                     + 2(T - 1)DV                                        teacher forcing: T - 1 positions
 """
 
-from .config import CoCaConfig
+from coca_min.config import CoCaConfig
 
 
 def forward_flops(c: CoCaConfig, T: int | None = None) -> dict:

@@ -46,6 +46,12 @@ def _merge(ids, pair, new_id):
     # END EXERCISE
 
 
+def drop_padding_columns(tokens: torch.Tensor, pad_id: int = PAD) -> torch.Tensor:
+    """(B, T) token ids -> (B, T'): without the last columns that are padding in every row. A
+    batch of short texts encoded to a long context then costs only its longest text."""
+    return tokens[:, : int((tokens != pad_id).sum(1).max())]
+
+
 class Tokenizer:
     def __init__(self, merges=()):
         self.merges = {tuple(pair): BYTE_OFFSET + 256 + i for i, pair in enumerate(merges)}

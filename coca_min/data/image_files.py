@@ -24,8 +24,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .data import CaptionDataset, preprocess, read_image
-from .shapes import with_article
+from .datasets import CaptionDataset, preprocess, read_image
+from coca_min.words import with_article
 
 
 class ImageFiles(CaptionDataset):

@@ -13,9 +13,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from .data import TinyShapes, collate
-from .evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
-from .losses import coca_loss
+from coca_min.data.datasets import TinyShapes, collate
+from coca_min.eval.evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
+from coca_min.model.losses import coca_loss
 
 
 @torch.no_grad()

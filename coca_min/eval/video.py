@@ -10,7 +10,7 @@ The paper trains "an additional pooler on top of the spatial and temporal featur
 the frozen encoder, with one query, so that pooling over all F·N tokens stays cheap. Attention
 is a function of a *set* of tokens: without the time embedding, shuffling the frames changes
 nothing, and a clip could not be told from itself played backwards. The tiny demonstration
-(`python -m coca_min.video --checkpoint …`, on `moving_shapes.py`'s clips):
+(`python -m coca_min.eval.video --checkpoint …`, on `moving_shapes.py`'s clips):
 
 1. motion classification by attentive probes on the frozen image encoder, from (a) the middle
    frame, (b) the frames' average, (c) all frames' tokens with the time embedding, and (c
@@ -29,11 +29,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import moving_shapes
-from .generate import decode
-from .losses import coca_loss
+from coca_min.data.synthetic import moving_shapes
+from coca_min.data.tokenizer import drop_padding_columns
+from coca_min.model.generate import generate_from_caption_tokens
+from coca_min.model.losses import coca_loss
 from .probe import AttentiveProbe, accuracy, fit, frozen_features
-from .schedule import Schedule
+from coca_min.train.schedule import Schedule
 
 
 class TimeEmbedding(nn.Module):
@@ -81,8 +82,8 @@ class VideoCoCa(nn.Module):
     def forward_tokens(self, frame_tokens, tokens):
         """`forward` from the frames' ViT tokens (B, F, N, Dv): a frozen encoder runs once."""
         video_embedding, caption_tokens = self.pool(frame_tokens)
-        text_embedding, token_features = self.coca.text_decoder.unimodal(tokens)
-        logits = self.coca.text_decoder.multimodal(token_features[:, :-1], tokens[:, :-1], caption_tokens)
+        text_embedding, token_features = self.coca.encode_text(tokens)
+        logits = self.coca.caption_logits(caption_tokens, tokens, token_features)
         return {"image_embedding": video_embedding, "text_embedding": text_embedding, "logits": logits,
                 "logit_scale": self.coca.log_logit_scale.exp()}  # fmt: skip
 
@@ -138,7 +139,7 @@ def train_video_coca(video, frame_tokens, tokens, steps=800, batch_size=64, lr=2
         rows = torch.randint(len(tokens), (batch_size,), generator=generator)
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr(step)
-        batch_tokens = tokens[rows][:, : int((tokens[rows] != video.config.pad_id).sum(1).max())]  # no all-pad columns
+        batch_tokens = drop_padding_columns(tokens[rows], video.config.pad_id)
         loss = coca_loss(video.forward_tokens(frame_tokens[rows], batch_tokens), batch_tokens, video.config.pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss["loss"].backward()
@@ -158,7 +159,7 @@ def caption_clips(video, tokenizer, clips, **options) -> list[str]:
 
 
 def _texts(video, tokenizer, caption_tokens, **options) -> list[str]:  # decoded captions of pooled clips
-    generated, _ = decode(video.coca, caption_tokens, **options)
+    generated, _ = generate_from_caption_tokens(video.coca, caption_tokens, **options)
     return [tokenizer.decode(row) for row in generated]
 
 
@@ -179,10 +180,10 @@ def caption_accuracy(video, tokenizer, frame_tokens, labels, batch_size=256) -> 
 
 
 def main(argv=None):
-    from .checkpoint import load_checkpoint
-    from .cli import Parser, ranged
+    from coca_min.checkpoint import load_checkpoint
+    from coca_min.cli import Parser, ranged
 
-    parser = Parser(prog="python -m coca_min.video", description="Video by frame pooling on tiny moving shapes: "
+    parser = Parser(prog="python -m coca_min.eval.video", description="Video by frame pooling on tiny moving shapes: "
                     "motion probes on a frozen image encoder, then a briefly trained video CoCa's captions.")  # fmt: skip
     parser.add_argument("--checkpoint", required=True, help="a tiny image CoCa (e.g. lessons/assets/tiny_coca.pt)")
     parser.add_argument("--train-clips", type=ranged(int, minimum=6), default=3000, help="training clips, at least 6 (default: 3000)")

@@ -14,8 +14,8 @@ it stopped, and a later build over a grown folder embeds only the new files. A f
 decode is skipped and counted. `query` ranks the rows by exact cosine similarity (one matrix
 product in numpy) and refuses an index built with another checkpoint.
 
-    python -m coca_min.index build --checkpoint out/tiny/ckpt.pt --images my_images/ --out my_index/
-    python -m coca_min.index query my_index/ --text "a red circle" -k 5    # --checkpoint: the index's own
+    python -m coca_min.eval.index build --checkpoint out/tiny/ckpt.pt --images my_images/ --out my_index/
+    python -m coca_min.eval.index query my_index/ --text "a red circle" -k 5    # --checkpoint: the index's own
 
 Left out: approximate search (for millions of rows, load `embeddings.npy` into a vector
 database or a nearest-neighbour library), and text embeddings in the index.
@@ -57,7 +57,7 @@ def collection(source) -> list[dict]:
         return [{"path": str(p), "caption": None} for p in sorted(source.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if source.suffix.lower() not in MANIFESTS:
         raise ValueError(f"{source} is neither a folder of images nor a .jsonl or .csv manifest")
-    from .image_files import CaptionManifest
+    from coca_min.data.image_files import CaptionManifest
 
     data = CaptionManifest(source, source.parent, tokenizer=None, image_size=1)
     return [{"path": str(path), "caption": captions[0]} for path, captions in zip(data.paths, data.captions)]
@@ -88,7 +88,7 @@ def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -
     import torch
     from tqdm import tqdm
 
-    from .checkpoint import load_checkpoint
+    from coca_min.checkpoint import load_checkpoint
 
     out = Path(out)
     model = load_checkpoint(checkpoint, device)["model"]
@@ -111,7 +111,7 @@ def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -
     todo = [item for item in collection(source) if item["path"] not in done and item["path"] not in skipped]
     bar = tqdm(total=len(todo), desc="embedding images", unit="image", disable=not progress or None)
     for start in range(0, len(todo), batch_size):
-        embeddings, batch, broken = embed_images(model, todo[start : start + batch_size], device)
+        embeddings, batch, broken = embed_files(model, todo[start : start + batch_size], device)
         skipped |= {item["path"] for item in broken}
         if batch:
             name = out / "parts" / f"{len(parts):06d}"
@@ -124,7 +124,7 @@ def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -
     return _finish(out, parts, {**meta, "skipped": sorted(skipped)})
 
 
-def embed_images(model, items, device="cpu"):
+def embed_files(model, items, device="cpu"):
     """-> (embeddings (n, E) float32 of the items' images that decode, those items, the others)."""
     import torch
 
@@ -138,7 +138,7 @@ def embed_images(model, items, device="cpu"):
     return embeddings.float().cpu().numpy(), [item for item, _ in kept], broken
 
 
-def rank(embeddings, query_embedding, k=10):
+def nearest(embeddings, query_embedding, k=10):
     """(indices of the k rows nearest to the query by cosine, best first; their similarities).
     embeddings (N, E) and query (E,) unit norm: the cosine is their dot product."""
     similarity = embeddings @ np.asarray(query_embedding, dtype=np.float32)  # (N,)
@@ -162,7 +162,7 @@ def _finish(out, parts, meta) -> dict:
 
 def _load(path, size):
     """(3, size, size) normalised pixels of an image file, or None if it does not decode."""
-    from .data import preprocess, read_image
+    from coca_min.data.datasets import preprocess, read_image
 
     try:
         pixels = read_image(path)
@@ -184,7 +184,7 @@ def search(index, query_embedding, k=10) -> list[tuple[float, dict]]:
     index = Path(index)
     embeddings = np.load(index / "embeddings.npy")  # (N, E)
     items = [json.loads(line) for line in (index / "items.jsonl").read_text().splitlines()]
-    best, similarity = rank(embeddings, query_embedding, k)
+    best, similarity = nearest(embeddings, query_embedding, k)
     return [(float(s), items[i]) for i, s in zip(best, similarity)]
 
 
@@ -193,12 +193,12 @@ def query(index, checkpoint=None, text=None, image=None, k=10, device="cpu"):
     named in its meta.json), which must hold the weights it was built with."""
     import torch
 
-    from .checkpoint import load_checkpoint
+    from coca_min.checkpoint import load_checkpoint
 
     if not (Path(index) / "meta.json").is_file() and (Path(index) / "parts").is_dir():
         raise FileNotFoundError(f"{index}: its build was interrupted; run the same build command again to finish it")
     if not (Path(index) / "meta.json").is_file():
-        raise FileNotFoundError(f"{index} is not an index (no meta.json): make one with python -m coca_min.index build")
+        raise FileNotFoundError(f"{index} is not an index (no meta.json): make one with python -m coca_min.eval.index build")
     checkpoint = checkpoint or json.loads((Path(index) / "meta.json").read_text())["checkpoint"]
     loaded = load_checkpoint(checkpoint, device)
     model, tokenizer = loaded["model"], loaded["tokenizer"]
@@ -215,9 +215,9 @@ def query(index, checkpoint=None, text=None, image=None, k=10, device="cpu"):
 
 
 def main(argv=None):
-    from .cli import Parser, ranged
+    from coca_min.cli import Parser, ranged
 
-    parser = Parser(prog="python -m coca_min.index", description="build or search an embedding index of images")
+    parser = Parser(prog="python -m coca_min.eval.index", description="build or search an embedding index of images")
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("build", help="embed a folder of images or a manifest's (resumable)")
     make.add_argument("--checkpoint", required=True, help="the model that embeds the images (a train.py checkpoint)")
@@ -240,9 +240,9 @@ def main(argv=None):
             print(f"{args.out}: {meta['rows']} images embedded ({meta['embedding_dim']} numbers each), "
                   f"{len(meta['skipped'])} skipped (do not decode)")  # fmt: skip
         else:
-            for rank, (similarity, item) in enumerate(query(args.index, args.checkpoint, args.text, args.image, args.k), 1):
+            for place, (similarity, item) in enumerate(query(args.index, args.checkpoint, args.text, args.image, args.k), 1):
                 caption = f"  {item['caption']!r}" if item.get("caption") else ""
-                print(f"{rank:3d}. {similarity:.3f}  {item['path']}{caption}")
+                print(f"{place:3d}. {similarity:.3f}  {item['path']}{caption}")
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:

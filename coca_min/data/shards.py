@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import collate, preprocess, read_image
+from .datasets import collate, preprocess, read_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 
@@ -105,7 +105,7 @@ def _ends_properly(path: Path) -> bool:
         return file.read() == bytes(1024)
 
 
-def decode(parts: dict) -> tuple[torch.Tensor, list[str]]:
+def decode_sample(parts: dict) -> tuple[torch.Tensor, list[str]]:
     """(3, H, W) uint8 pixels and the captions of one sample; ValueError if it lacks either."""
     image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
     if image is None:
@@ -194,7 +194,7 @@ class ShardReader(torch.utils.data.IterableDataset):
                 if index < self.done.get(path.name, 0):
                     continue  # consumed before the checkpoint
                 try:
-                    pixels, captions = decode(parts)
+                    pixels, captions = decode_sample(parts)
                 except (ValueError, UnicodeDecodeError) as error:
                     bad.append(f"{key}: {error}")
                     continue
@@ -222,17 +222,18 @@ def advance(done: dict, places) -> dict:
         done[shard] = max(done.get(shard, 0), index + 1)
     return done
 
-def write_shards_command(argv=None):
-    """python -m coca_min.data write-shards (--tiny SPLIT | --manifest FILE --images DIR) --out DIR"""
+def main(argv=None):
+    """python -m coca_min.data.shards (--tiny SPLIT | --manifest FILE --images DIR) --out DIR"""
     from tqdm import tqdm
 
-    from .cli import Parser
-    from .data import TinyShapes
-    from .image_files import CaptionManifest
-    from .shapes import SPLITS
+    from coca_min.cli import Parser
 
-    parser = Parser(prog="python -m coca_min.data write-shards",
-                                     description="write image-caption data as NNNNNN.tar shards (the WebDataset layout)")  # fmt: skip
+    from .datasets import TinyShapes
+    from .image_files import CaptionManifest
+    from .synthetic.shapes import SPLITS
+
+    parser = Parser(prog="python -m coca_min.data.shards",
+                    description="write image-caption data as NNNNNN.tar shards (the WebDataset layout)")  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--tiny", metavar="SPLIT", choices=list(SPLITS), help="a split of tiny_data/")
     source.add_argument("--manifest", help="a .jsonl or .csv manifest (fields image, caption)")
@@ -268,12 +269,5 @@ def write_shards_command(argv=None):
     print(f"wrote {len(data):,} samples in {len(paths)} shards to {out}")
 
 
-
-def main(argv=None):
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["write-shards"]:
-        sys.exit("usage: python -m coca_min.data write-shards (--tiny SPLIT | --manifest FILE --images DIR) --out DIR")
-    write_shards_command(argv[1:])
-
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,8 @@ instead reuses query 0 of a single 256-query pooler, and CoCa-pytorch uses one 2
 pooler; neither is the paper's design.
 
 Inputs are checked before any tensor work, so a wrong shape or token id fails with a message in
-the user's terms. Left out: the losses (`losses.py`) and caption decoding (`generate.py`).
+the user's terms. Left out: the losses (`losses.py`), caption decoding (`generate.py`), and
+loading a checkpoint (`coca_min.checkpoint.load_model`: checkpoints hold a tokenizer too).
 """
 
 import math
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CoCaConfig
+from coca_min.config import CoCaConfig
 from .decoder import TextDecoder
 from .layers import init_weights, standard_init_weights
 from .pooler import AttentionalPooler
@@ -71,13 +72,6 @@ class CoCa(nn.Module):
         would give it zero gradient above 100, so it could never come back down."""
         self.log_logit_scale.clamp_(max=math.log(self.max_logit_scale))
 
-    @classmethod
-    def from_checkpoint(cls, path, device="cpu") -> "CoCa":
-        """A trained model from a checkpoint written by `checkpoint.save_checkpoint`."""
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(path, device)["model"]
-
     def encode_image(self, images):
         """(B, 3, H, W) normalised pixels -> image embedding (B, E) unit norm, caption tokens
         (B, n_caption_queries, D) for the multimodal decoder."""
@@ -90,7 +84,7 @@ class CoCa(nn.Module):
     def pool(self, vit_tokens):
         """Image tokens (B, N, Dv) -> image embedding (B, E) unit norm, caption tokens
         (B, n_caption_queries, D): the two poolers and the projection. N is free: the video model
-        (`video.py`) gives it the tokens of every frame of a clip, and probes reuse it."""
+        (`coca_min/eval/video.py`) gives it the tokens of every frame of a clip, and probes reuse it."""
         caption_tokens = self.caption_pooler(vit_tokens)  # (B, n_queries, D)
         source = caption_tokens if self.config.pooler_mode == "cascade" else vit_tokens
         pooled = self.contrastive_pooler(source)[:, 0]  # (B, D): the single query's output
@@ -120,15 +114,24 @@ class CoCa(nn.Module):
             raise ValueError(f"expected texts of at least 2 tokens ([BOS] and one target); got {tokens.shape[1]}")
         image_embedding, caption_tokens = self._encode_image(images)  # inputs checked above, once
         text_embedding, token_features = self.text_decoder.unimodal(tokens)
-        # teacher forcing: the decoder reads tokens[:, :-1]; the unimodal half is causal, so its
-        # features for those positions are the ones just computed for the whole text
-        logits = self.text_decoder.multimodal(token_features[:, :-1], tokens[:, :-1], caption_tokens)
+        logits = self.caption_logits(caption_tokens, tokens, token_features)
         return {
             "image_embedding": image_embedding,
             "text_embedding": text_embedding,
             "logits": logits,
             "logit_scale": self.log_logit_scale.exp(),
         }
+
+    def caption_logits(self, caption_tokens, tokens, token_features=None):
+        """The captioner's scores of texts given images, by teacher forcing: the caption pooler's
+        output (B, n_queries, D) and texts (B, T) -> next-token logits (B, T-1, V), where
+        position t predicts tokens[:, t+1]. `token_features`: the unimodal features (B, T, D) of
+        `tokens`, when they are already computed (`forward`, or one text scored against many
+        images); the unimodal half is causal, so the features of tokens[:, :-1] within the whole
+        text are those of tokens[:, :-1] alone."""
+        if token_features is None:
+            _, token_features = self.text_decoder.unimodal(tokens)
+        return self.text_decoder.multimodal(token_features[:, :-1], tokens[:, :-1], caption_tokens)
 
     # --- input checks: clear errors in the user's terms before any tensor op ---------------
 

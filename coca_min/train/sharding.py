@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_optimizer_state_dict)
 
 from .distributed import all_reduce
-from .layers import Block
+from coca_min.model.layers import Block
 
 
 def set_activation_checkpointing(model: torch.nn.Module, enabled: bool = True) -> None:

@@ -1,31 +1,25 @@
-"""The training loop of train.py: data, model, optimizer, schedule, the steps, evaluations,
+"""The training run of train.py: set-up, data, model and its wrapping, the loop, evaluations,
 checkpoints and the final report. train.py checks the arguments (coca_min/cli.py) and calls
 `train(args)`; this file is that function and its helpers.
 
-Trains with the paper's objective (eq. 3, §3.2): λ_con · L_con + λ_cap · L_cap, with all pairs of a step
-as contrastive negatives across processes (distributed.py) and micro-batches. The optimizer is
-the usual one for small runs, AdamW with weight decay on matrices only, warm-up then cosine
-decay (schedule.py). Left out: the paper's Adafactor with linear decay over 500k steps at batch
-65,536 (§4.1), and the one epoch at 576 px that ends its pretraining.
+The step itself, the paper's objective over the global batch with AdamW, is `step.py`. Left
+out: the paper's Adafactor with linear decay over 500k steps at batch 65,536 (§4.1), and the
+one epoch at 576 px that ends its pretraining.
 
-One optimizer step uses `--batch-size` pairs in all, split over processes and `--accum`
-micro-batches. The file reads from top to bottom: `train`, then the set-up, the data, the model
-and its wrapping (FSDP2 or DDP, compile, activation checkpointing), a resumed run's state, the
-loop and its step, the evaluations and saves. What a run prints and writes besides its
-checkpoint is train_report.py; saving and resuming, train_state.py; the streams of batches,
-loader.py. Outputs in --out: ckpt.pt (atomic; with
-`--checkpoint sharded` also ckpt.shards/, each rank's shards of the weights and AdamW's state), history.json (losses and lr per step,
-evaluations), args.json (the arguments, which a --resume keeps), report.json, losses.png,
-lr.png, metrics.png (and confusion.png on the tiny set).
+The file reads from top to bottom: `train`, then the set-up, the data, the model and its
+wrapping (FSDP2 or DDP, compile, activation checkpointing), the loop, the evaluations and saves.
+What a run prints and writes besides its checkpoint is report.py; saving and resuming,
+state.py; the streams of batches, `coca_min/data/loader.py`. Outputs in --out: ckpt.pt (atomic;
+with `--checkpoint sharded` also ckpt.shards/, each rank's shards of the weights and AdamW's
+state), history.json (losses and lr per step, evaluations), args.json (the arguments, which a
+--resume keeps), report.json, losses.png, lr.png, metrics.png (and confusion.png on the tiny set).
 """
 
 import gc
-import math
 import os
 import random
 import signal
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,18 +27,22 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import PRESETS, CoCa
+from coca_min import PRESETS
+from coca_min.data.datasets import TinyShapes
+from coca_min.data.image_files import CaptionManifest, CocoCaptions
+from coca_min.data.loader import EpochBatches, ShardBatches, shard_position
+from coca_min.data.shards import ShardReader, all_captions
+from coca_min.data.tokenizer import Tokenizer
+from coca_min.model import CoCa
+
 from . import distributed as D
-from .data import TinyShapes
-from .image_files import CaptionManifest, CocoCaptions
-from .loader import EpochBatches, ShardBatches, shard_position
 from .plots import plot_training
-from .schedule import FakeClock, Schedule, TimeBudget
+from .report import Progress, evaluate_during_training, final_report
+from .schedule import Schedule, TimeBudget, plan
 from .sharding import gathered_weights, is_sharded, set_activation_checkpointing, shard_model
-from .shards import ShardReader, all_captions
-from .tokenizer import Tokenizer
-from .train_report import Progress, evaluate_during_training, final_report
-from .train_state import RunState, read_resumed, resume, save
+from .state import RunState, read_resumed, resume, save
+from .step import make_optimizer, train_step
+
 
 @dataclass
 class Setup:
@@ -78,7 +76,7 @@ class Run:
     tokenizer: Tokenizer
     val_set: object
     model: CoCa  # plain, or sharded in place (--fsdp)
-    trained: torch.nn.Module  # what the steps call: the model, compiled and/or in DDP
+    wrapped: torch.nn.Module  # what the steps call: the model, compiled and/or in DDP
     optimizer: torch.optim.Optimizer
     batches: object  # loader.EpochBatches or loader.ShardBatches
     state: RunState
@@ -121,10 +119,10 @@ def leave(run):
     """Leave the process group, every rank together. DDP's reducer holds the group: freed after
     `destroy_process_group`, its gloo group's destructor waited forever for a thread (seen once
     in CI, rank 1 of 2, after rank 0 had exited)."""
-    run.trained = None
+    run.wrapped = None
     gc.collect()  # DDP and its reducer, which may sit in reference cycles
     D.barrier()  # the other ranks wait while rank 0 writes the final report
-    D.cleanup()
+    D.leave_process_group()
 
 
 def set_up(args) -> Setup:
@@ -133,7 +131,7 @@ def set_up(args) -> Setup:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(f"error: --device {args.device}, but torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
-    rank, world, local_rank = D.setup(args.device)
+    rank, world, local_rank = D.join_process_group(args.device)
     device = torch.device(f"cuda:{local_rank}" if args.device == "cuda" and world > 1 else args.device)
     on_gpu = device.type == "cuda"
     if on_gpu:
@@ -181,17 +179,6 @@ def build_data(args, config, saved_tokenizer=None):
     return sets["train"], tokenizer, sets["val"], replace(config, vocab_size=tokenizer.vocab_size)
 
 
-def make_optimizer(model, args, fused=False):
-    """AdamW with weight decay on matrices only (not biases, norms, the scale), and the image
-    encoder's own learning rate (`--image-lr-scale` × the schedule's)."""
-    groups = []
-    for name_is_image, scale in [(True, args.image_lr_scale), (False, 1.0)]:
-        params = [p for n, p in model.named_parameters() if n.startswith("image_encoder.") == name_is_image]
-        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=fused)
-
-
 def build_model(args, setup, config):
     """(CoCa on its device, AdamW): sharded with FSDP2 (--fsdp) and recomputing its blocks'
     activations (--activation-checkpointing) as asked; the optimizer is made after sharding, on
@@ -207,10 +194,10 @@ def build_model(args, setup, config):
 def wrap_for_training(model, setup):
     """What the steps call: the model compiled (--compile), in DDP when there are several
     processes and it is not sharded (FSDP2 averages the gradients itself)."""
-    trained = torch.compile(model) if setup.compile else model
+    wrapped = torch.compile(model) if setup.compile else model
     if setup.world > 1 and not is_sharded(model):
-        trained = DistributedDataParallel(trained, device_ids=[setup.local_rank] if setup.on_gpu else None)
-    return trained
+        wrapped = DistributedDataParallel(wrapped, device_ids=[setup.local_rank] if setup.on_gpu else None)
+    return wrapped
 
 
 def training_batches(train_set, args, setup, state):
@@ -224,24 +211,12 @@ def training_batches(train_set, args, setup, state):
                         pin_memory=setup.on_gpu, drawn=state.step * args.accum)  # fmt: skip
 
 
-def plan(args, state):
-    """(Schedule, TimeBudget). lr: warm-up over a fixed number of steps, then a cosine over the
-    steps planned (schedule.py); with a time budget the steps are planned from this session's
-    own timed steps."""
-    default_warmup = round(0.05 * args.steps) if args.steps else 30  # 5% of the steps; 30 with a time budget
-    state.warmup = next(w for w in [args.warmup, state.warmup, default_warmup] if w is not None)  # a resume keeps its own
-    schedule = Schedule(args.lr, state.warmup, args.min_lr_ratio, progress=state.lr_progress)
-    clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
-    budget = TimeBudget(args.minutes * 60 if state.budgeted else None, clock, spent=state.train_seconds)
-    return schedule, budget
-
-
 def training_loop(run):
     """Steps until the plan is done; evaluations and saves at every --eval-every steps (or the
     plan's quarters), at the last step, and after a Ctrl-C, which then ends the run."""
     run.progress = Progress(run.state.total_steps, run.state.step, f"training CoCa-{run.args.size}", enabled=run.setup.main)
     run.budget.not_training()  # the clock starts now, after loading and the first save
-    run.trained.train()
+    run.wrapped.train()
     while run.state.total_steps is None or run.state.step < run.state.total_steps:
         logged = train_step(run)
         stopping = logged["stop"] > 0  # a Ctrl-C on any rank: every rank stops at this step
@@ -254,55 +229,6 @@ def training_loop(run):
             leave(run)
             sys.exit(130)  # 128 + SIGINT: `train.py && next` does not go on after a Ctrl-C
     run.progress.close()
-
-
-def train_step(run) -> dict:
-    """One optimizer step: forward and backward over this rank's micro-batches (the loss of the
-    global batch, distributed.py), gradient clipping, the schedule's lr, AdamW, the temperature's
-    cap. -> the losses, averaged over ranks, and "stop" (a Ctrl-C on some rank)."""
-    args, state, t0 = run.args, run.state, time.monotonic()
-    micro_batches = [[t.to(run.setup.device, non_blocking=True) for t in next_batch(run)] for _ in range(args.accum)]
-    if args.nan_at_step == state.step + 1:
-        micro_batches[0][0] = micro_batches[0][0] * float("nan")  # NaN pixels: a NaN loss, for the tests
-    losses = D.forward_backward(run.trained, micro_batches, run.config.pad_id, args.caption_weight,
-                                args.contrastive_weight, run.setup.autocast)  # fmt: skip
-    logged = D.mean_over_ranks({**losses, "stop": torch.tensor(float(run.ctrl_c.requested), device=run.setup.device)})
-    if not math.isfinite(logged["loss"]):
-        stop(run, f"the loss is {logged['loss']} at step {state.step + 1} (contrastive {logged['contrastive']:.4g}, "
-                  f"caption {logged['caption']:.4g}); the model was not updated with it")  # fmt: skip
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip or float("inf"))
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
-    if not math.isfinite(grad_norm):  # finite loss, infinite gradient: do not step with it
-        stop(run, f"the gradient norm is {grad_norm} at step {state.step + 1}; the model was not updated with it")
-    lr = run.schedule.lr(state.step)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.model.clamp_logit_scale_()  # s = 1/σ <= 100, on the parameter (a clamp in forward has no gradient)
-    state.step += 1
-    state.history.append({"step": state.step, "lr": lr, **{k: logged[k] for k in ("loss", "contrastive", "caption")}})
-    planned = run.budget.step_done(state.step)
-    if planned is not None:  # every rank must run the same number of steps: rank 0's plan
-        state.total_steps = D.broadcast_int(planned)
-    run.schedule.advance(state.step, state.total_steps)
-    run.progress.update(state.step, state.total_steps, loss=logged["loss"], con=logged["contrastive"],
-                        cap=logged["caption"], lr=lr, pairs_s=args.batch_size / max(time.monotonic() - t0, 1e-9))  # fmt: skip
-    return logged
-
-
-def next_batch(run):
-    """The next micro-batch; an image that broke after the check (--strict) ends the run in one line."""
-    try:
-        return next(run.batches)
-    except (OSError, ValueError) as error:
-        last_line = str(error).strip().splitlines()[-1]  # a loader worker's error ends with the original one,
-        stop(run, last_line.removeprefix(f"{type(error).__name__}: "))  # as "OSError: could not decode …"
-
-
-def stop(run, why):
-    run.progress.close()
-    sys.exit(f"stopping: {why}. The last good checkpoint is {run.ckpt_path} (step {run.last_saved}).")
 
 
 def evaluation_due(run) -> bool:

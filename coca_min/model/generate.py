@@ -22,7 +22,10 @@ prompt serves the whole batch).
 
 import torch
 
-from .tokenizer import BOS, EOS, PAD
+from coca_min.config import CoCaConfig
+
+# the special tokens' ids, as every config has them unless it says otherwise: [PAD], [BOS], [EOS]
+PAD, BOS, EOS = CoCaConfig.pad_id, CoCaConfig.bos_id, CoCaConfig.eos_id
 
 
 class Stepper:
@@ -176,16 +179,16 @@ def generate(model, images, method="greedy", max_new=None, min_new=0, num_beams=
     """Caption a batch of images (B, 3, H, W) -> tokens (B, L) `[BOS] prompt … [EOS] [PAD]…` and
     scores (B,) (summed log-probabilities; length-penalised for beam search)."""
     _, caption_tokens = model.encode_image(images)  # (B, n_queries, D), once per image
-    return decode(model, caption_tokens, method, max_new, min_new, num_beams, length_penalty,
-                  temperature, top_k, top_p, prompt_ids, use_cache, generator)  # fmt: skip
+    return generate_from_caption_tokens(model, caption_tokens, method, max_new, min_new, num_beams, length_penalty,
+                                        temperature, top_k, top_p, prompt_ids, use_cache, generator)  # fmt: skip
 
 
 @torch.inference_mode()
-def decode(model, caption_tokens, method="greedy", max_new=None, min_new=0, num_beams=4,
-           length_penalty=1.0, temperature=1.0, top_k=None, top_p=None, prompt_ids=(),
-           use_cache=True, generator=None):  # fmt: skip
+def generate_from_caption_tokens(model, caption_tokens, method="greedy", max_new=None, min_new=0, num_beams=4,
+                                 length_penalty=1.0, temperature=1.0, top_k=None, top_p=None, prompt_ids=(),
+                                 use_cache=True, generator=None):  # fmt: skip
     """`generate` from the caption pooler's output (B, n_queries, D) instead of images: what the
-    video model (`video.py`) pools from all of a clip's frames decodes the same way."""
+    video model (`coca_min/eval/video.py`) pools from all of a clip's frames decodes the same way."""
     c = model.config
     if method not in ("greedy", "beam", "sample"):
         raise ValueError(f"method must be 'greedy', 'beam' or 'sample'; got {method!r}")

@@ -17,27 +17,40 @@
 Under bf16 autocast the captioning loss goes through `LowMemoryCaptionLoss`: the same value,
 without the float32 copies of the (B, T, V) logits that dominate memory at a 64k vocabulary.
 
-Left out: the all-gather across GPUs that lets the contrastive loss see the global batch (it
-belongs with distributed training), label smoothing, and the JFT classification loss.
+Data-parallel training calls the same two functions: the contrastive loss takes a `gather`
+that collects the embeddings of every process (`coca_min/train/distributed.py` makes it), and
+the captioning loss a count of the whole step's tokens. Left out: label smoothing, and the JFT
+classification loss.
 """
 
 import torch
 import torch.nn.functional as F
 
 
-def contrastive_loss(image_embedding, text_embedding, logit_scale):
+def contrastive_loss(image_embedding, text_embedding, logit_scale, gather=None, rank=0):
     """Paper eq. 1: (B, E) unit-norm embeddings, scalar scale s -> scalar loss, the sum of the
-    image-to-text and text-to-image cross-entropies (each a mean over the batch)."""
+    image-to-text and text-to-image cross-entropies (each a mean over the batch).
+
+    In data-parallel training each of W processes holds B of the W·B pairs. Then `gather` is a
+    function (B, E) -> (W·B, E) that collects every process's rows in rank order, with
+    gradient (`coca_min.train.distributed.gather_with_grad`), and `rank` is this process's
+    place: its rows are contrasted with the texts (images) of all W·B pairs, and pair i's
+    column is rank·B + i."""
     # at least float32, even under bf16 autocast: near s = 100, bf16 logits are 0.5 apart
     # BEGIN EXERCISE contrastive_loss
     dtype = torch.promote_types(image_embedding.dtype, torch.float32)
     with torch.autocast(image_embedding.device.type, enabled=False):
-        x, y = image_embedding.to(dtype), text_embedding.to(dtype)
-        logits = logit_scale.to(dtype) * x @ y.T  # (B, B): image i against text j
-    labels = torch.arange(logits.shape[0], device=logits.device)  # pair i is on the diagonal
-    image_to_text = F.cross_entropy(logits, labels)  # each row: which text is image i's?
-    text_to_image = F.cross_entropy(logits.T, labels)  # each column: which image is text j's?
-    return image_to_text + text_to_image  # eq. 1: the sum, not CLIP's mean
+        x, y, s = image_embedding.to(dtype), text_embedding.to(dtype), logit_scale.to(dtype)
+        if gather is None:  # one process: every pair is here
+            image_to_text = s * x @ y.T  # (B, B): image i against text j
+            text_to_image = image_to_text.T  # (B, B): text i against image j
+        else:  # this process's rows against the columns of every process
+            image_to_text = s * x @ gather(y).T  # (B, W·B)
+            text_to_image = s * y @ gather(x).T  # (B, W·B)
+    labels = torch.arange(len(x), device=x.device) + rank * len(x)  # pair i's column
+    loss_i2t = F.cross_entropy(image_to_text, labels)  # each row: which text is image i's?
+    loss_t2i = F.cross_entropy(text_to_image, labels)  # each row: which image is text i's?
+    return loss_i2t + loss_t2i  # eq. 1: the sum, not CLIP's mean
     # END EXERCISE
 
 
@@ -111,15 +124,25 @@ def caption_loss_for_training(logits, targets, pad_id, chunk_elements=2**26):
     return LowMemoryCaptionLoss.apply(flat, targets.flatten(), pad_id, max(1, chunk_elements // flat.shape[1]))
 
 
-def coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0):
-    """The CoCa objective from `CoCa.forward`'s outputs and the (B, T) tokens it was given.
+def coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.0, *,
+              gather=None, rank=0, world_size=1, step_tokens=None):  # fmt: skip
+    """The CoCa objective (eq. 3) from `CoCa.forward`'s outputs and the (B, T) tokens it was given.
 
     Returns {"loss": weighted sum, "contrastive": L_con, "caption": L_cap}.
+
+    For an optimizer step of several micro-batches or processes (`coca_min.train.step`):
+    `gather` and `rank` as in `contrastive_loss`; `step_tokens`, the real target tokens of the
+    whole step (every micro-batch of every process), and `world_size` W. Each process's caption
+    loss is then W · (its token sum) / step_tokens: DDP averages the W processes' gradients and
+    the micro-batches' gradients add up, so the step's gradient is that of the mean over all of
+    its real tokens. The image and text embeddings may hold more rows than `tokens` (the cached
+    rows of the step's other micro-batches).
     """
     targets = tokens[:, 1:]  # (B, T - 1): position t predicts token t + 1 (teacher forcing)
-    l_con = contrastive_loss(
-        outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"]
-    )
-    l_cap = caption_loss_for_training(outputs["logits"], targets, pad_id)
+    l_con = contrastive_loss(outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"],
+                             gather, rank)  # fmt: skip
+    l_cap = caption_loss_for_training(outputs["logits"], targets, pad_id)  # the mean over these tokens
+    if step_tokens is not None:  # this share of the step's token mean: the sum, · W / the step's count
+        l_cap = l_cap * (targets != pad_id).sum().clamp(min=1) * world_size / step_tokens.clamp(min=1)
     loss = contrastive_weight * l_con + caption_weight * l_cap
     return {"loss": loss, "contrastive": l_con, "caption": l_cap}

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import shapes
+from .synthetic import shapes
 from .tokenizer import PAD, Tokenizer
 
-TINY_DATA = Path(__file__).resolve().parents[1] / "tiny_data"
+TINY_DATA = Path(__file__).resolve().parents[2] / "tiny_data"  # coca_min/data/ is two below the repository
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)  # CLIP's RGB statistics
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
 
@@ -118,7 +118,7 @@ class TinyShapes(CaptionDataset):
         if split not in shapes.SPLITS:
             raise ValueError(f"unknown tiny_data split {split!r}; expected one of {list(shapes.SPLITS)}")
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; regenerate with `python -m coca_min.shapes --out {root}`")
+            raise FileNotFoundError(f"{path} not found; regenerate with `python -m coca_min.data.synthetic.shapes --out {root}`")
         tokenizer = tokenizer or Tokenizer.load(Path(root) / "tokenizer.json")
         with np.load(path) as data:  # `limit`: only the first images, for quick checks
             self.pixels = torch.from_numpy(data["pixels"][:limit])  # (N, 48, 48) palette indices
@@ -137,9 +137,3 @@ class TinyShapes(CaptionDataset):
 
     def __getitems__(self, indices):  # DataLoader's batched fetch: one image lookup per batch
         return list(zip(self.images(indices), [self.tokens(i) for i in indices]))
-
-
-if __name__ == "__main__":  # python -m coca_min.data write-shards ...: the command is in shards.py
-    from coca_min.shards import main
-
-    main()

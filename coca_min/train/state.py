@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 
 from . import distributed as D
-from .checkpoint import config_of, read_checkpoint, save_checkpoint
-from .cli import RUN_SETTINGS
-from .loader import ShardBatches
+from coca_min.checkpoint import config_of, read_checkpoint, save_checkpoint
+from coca_min.data.loader import ShardBatches
 from .sharding import gathered_optimizer_state, gathered_weights, load_gathered, load_sharded, save_sharded
-from .train_report import write_json
+from .report import write_json
 
 SHARDED = "ckpt.shards"  # in --out: the folders of sharded checkpoints (--checkpoint sharded)
 
@@ -58,7 +57,7 @@ def save(run, reason, weights=None) -> int:
         state.data_positions = D.all_gather_objects(run.batches.position())
     state.train_seconds, state.lr_progress = run.budget.spent(), run.schedule.progress
     if run.setup.main:
-        settings = {k: v for k, v in vars(args).items() if k != "given"}
+        settings = {k: v for k, v in vars(args).items() if k not in ("given", "changed")}
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         save_checkpoint(run.ckpt_path, run.model, run.tokenizer, weights=weights, optimizer=optimizer_state,
                         shards=shards, rng=rng, args={k: str(v) for k, v in settings.items()}, reason=reason,
@@ -90,10 +89,9 @@ def resume(saved, args, setup, model, optimizer, config) -> RunState:
     state.budgeted = saved.get("budgeted", True) and args.steps is None  # --steps N ends a time budget
     torch.set_rng_state(saved["rng"]["torch"].cpu())
     random.setstate(saved["rng"]["python"])
-    run_args = saved.get("args", {})  # as strings; the settings not given again are these (train.py)
-    changed = [k for k in RUN_SETTINGS if k in args.given and k in run_args and str(getattr(args, k)) != run_args[k]]
+    changed = getattr(args, "changed", {})  # the run's settings given again with another value (train.py)
     if setup.main and changed:
-        said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {run_args[k]})" for k in changed)
+        said = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (the run used {was})" for k, was in changed.items())
         print(f"note: resuming with {said}: the run goes on, but not as it would have")
     if not state.budgeted and args.steps is None and "minutes" in args.given:
         sys.exit(f"error: --minutes: {path} is a run of a fixed number of steps ({state.total_steps}); "

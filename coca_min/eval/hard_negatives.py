@@ -21,8 +21,9 @@ Left out: ARO's own sets (Visual Genome relations and attributes, COCO / Flickr 
 import numpy as np
 import torch
 
-from . import shapes
-from .losses import text_log_likelihood
+from coca_min.data.synthetic import shapes
+from coca_min.data.tokenizer import drop_padding_columns
+from coca_min.model.losses import text_log_likelihood
 
 KINDS = ["wrong_shape", "wrong_colour", "wrong_size", "wrong_place", "swapped_colours", "swapped_shapes"]
 ATTRIBUTE = {"wrong_shape": 0, "wrong_colour": 1, "wrong_size": 2, "swapped_shapes": 0, "swapped_colours": 1}
@@ -56,7 +57,7 @@ def pair_scores(model, image_embedding, caption_tokens, tokens):
     (B, E) and (B, n_queries, D) and the texts' tokens (B, T): cosine (B,), log p(text | image)
     (B,) by the captioner with teacher forcing, summed over the real tokens."""
     text_embedding, features = model.encode_text(tokens)  # (B, E), (B, T, D)
-    logits = model.text_decoder.multimodal(features[:, :-1], tokens[:, :-1], caption_tokens)  # (B, T-1, V)
+    logits = model.caption_logits(caption_tokens, tokens, features)  # (B, T-1, V)
     cosine = (image_embedding.float() * text_embedding.float()).sum(-1)
     return cosine, text_log_likelihood(logits, tokens[:, 1:], model.config.pad_id)
 
@@ -74,8 +75,7 @@ def evaluate_hard_negatives(model, dataset, batch_size=250) -> dict:
         rows = texts[start : start + batch_size]
         image_embedding, caption_tokens = model.encode_image(dataset.images(range(start, start + len(rows))).to(device))
         flat = [t or row[0] for row in rows for t in row]  # (b·K) texts, image-major; None: a placeholder
-        tokens = tokenizer.encode_batch(flat, model.config.context_length).to(device)
-        tokens = tokens[:, : int((tokens != model.config.pad_id).sum(1).max())]  # drop all-pad columns
+        tokens = drop_padding_columns(tokenizer.encode_batch(flat, model.config.context_length).to(device), model.config.pad_id)
         cosine, log_p = pair_scores(model, image_embedding.repeat_interleave(K, 0),
                                     caption_tokens.repeat_interleave(K, 0), tokens)  # fmt: skip
         scores["contrastive"].append(cosine.view(-1, K))

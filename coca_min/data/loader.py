@@ -21,7 +21,7 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .data import collate
+from .datasets import collate
 from .shards import ShardReader, advance, shard_collate
 
 

@@ -21,16 +21,18 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from . import shapes
-from .data import TinyShapes
-from .generate import caption
-from .losses import text_log_likelihood
+from coca_min.data.synthetic import shapes
+from coca_min.words import with_article
+from coca_min.data.datasets import TinyShapes
+from coca_min.data.tokenizer import drop_padding_columns
+from coca_min.model.generate import caption
+from coca_min.model.losses import text_log_likelihood
 from .hard_negatives import evaluate_hard_negatives
 from .metrics import bleu, cider_d, retrieval_recalls, top_k_accuracy
 
 # prompt templates for tiny_data's 40 colour-shape classes: "there is a red circle", …
 TINY_TEMPLATES = ["there is {}"] + ["{} is " + shapes.place_phrase(r, c) for r in range(3) for c in range(3)]
-TINY_CLASSES = [shapes.with_article(f"{colour} {shape}") for colour, shape in shapes.PAIRS]
+TINY_CLASSES = [with_article(f"{colour} {shape}") for colour, shape in shapes.PAIRS]
 
 
 def _device(model):
@@ -100,21 +102,19 @@ def zero_shot_scores(model, tokenizer, dataset, classnames, templates):
 def likelihood_scores(model, tokenizer, dataset, classnames, templates, batch_size=8):
     """(M, C) log p(prompt | image) by the captioner, averaged over templates (teacher forcing),
     for the M readable images, and their indices (M,)."""
-    device, decoder = _device(model), model.text_decoder
+    device = _device(model)
     texts = [t.format(name) for name in classnames for t in templates]
-    tokens = tokenizer.encode_batch(texts, model.config.context_length).to(device)  # (C·P, T)
-    tokens = tokens[:, : int((tokens != model.config.pad_id).sum(1).max())]  # drop all-pad columns
-    _, features = decoder.unimodal(tokens)  # text alone: computed once for every image
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    tokens = drop_padding_columns(tokenizer.encode_batch(texts, model.config.context_length).to(device), model.config.pad_id)
+    _, features = model.encode_text(tokens)  # (C·P, T, D): text alone, computed once for every image
     scores, kept = [], []
     for images, indices in image_batches(dataset, batch_size, desc="scoring"):
         kept.append(indices)
         _, caption_tokens = model.encode_image(images.to(device))  # (b, n_q, D)
         b, n = len(images), len(texts)
-        logits = decoder.multimodal(  # every (image, prompt) pair: (b·n, T-1, V)
-            features[:, :-1].repeat(b, 1, 1), inputs.repeat(b, 1), caption_tokens.repeat_interleave(n, 0)
+        logits = model.caption_logits(  # every (image, prompt) pair: (b·n, T-1, V)
+            caption_tokens.repeat_interleave(n, 0), tokens.repeat(b, 1), features.repeat(b, 1, 1)
         )
-        log_p = text_log_likelihood(logits, targets.repeat(b, 1), model.config.pad_id)  # (b·n,)
+        log_p = text_log_likelihood(logits, tokens[:, 1:].repeat(b, 1), model.config.pad_id)  # (b·n,)
         scores.append(log_p.view(b, len(classnames), len(templates)).mean(-1))
     return torch.cat(scores), torch.cat(kept)
 
