@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from coca_min import PRESETS
+from coca_min.config import PRESETS
 from coca_min.data.datasets import TinyShapes
 from coca_min.data.image_files import CaptionManifest, CocoCaptions
 from coca_min.data.loader import EpochBatches, ShardBatches, shard_position
