@@ -47,6 +47,11 @@ print("torch", torch.__version__, "| numpy", np.__version__)
 # - $\mathcal{L}_\text{Cap}$, the **captioning** loss: the next-token cross-entropy of the caption
 #   given the image, as an image captioner is trained.
 #
+# In coca_min, the paper is the sub-package `coca_min/model/`: about 1,000 lines for the
+# layers, the image encoder, the poolers, the decoder, the model, the losses and captioning.
+# The rest of `coca_min/` is plumbing around it (data, training, evaluation), and the model
+# imports none of it.
+#
 # The cell below runs coca_min's tiny model once on two random images and captions, to show
 # the two kinds of output the two losses read.
 

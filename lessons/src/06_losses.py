@@ -277,7 +277,7 @@ fig.tight_layout()
 # gradient (a factor $s$, section 2), as large as it likes. The untrained model's loss is
 # lowest at $s \approx 2$. The clamp keeps $s \le 100$ (CLIP's cap, `CoCa.max_logit_scale`).
 #
-# It acts **on the parameter, after each optimizer step** (`coca_min/train/trainer.py` calls
+# It acts **on the parameter, after each optimizer step** (`coca_min/train/step.py` calls
 # `model.clamp_logit_scale_()` after every `optimizer.step()`): as its docstring says,
 # $\min(e^t, 100)$ in the forward pass has zero gradient once $e^t > 100$, so $t$ would stop
 # being trained there: stuck above the cap, whatever the loss asked for later.

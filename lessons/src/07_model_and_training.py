@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import coca_min
 from coca_min import PRESETS, CoCa, count_parameters, load_model
 from coca_min.data.datasets import TinyShapes, collate
-from coca_min.train.distributed import forward_backward
+from coca_min.train.step import forward_backward
 from coca_min.model.losses import coca_loss
 from coca_min.train.schedule import Schedule
 from coca_min.train.trainer import make_optimizer
@@ -170,7 +170,7 @@ assert counted == formula
 #
 # ## 3. A training step, from scratch
 #
-# One step of coca_min's trainer (`coca_min/train/trainer.py`): forward, the CoCa loss, backward,
+# One step of coca_min's trainer (`coca_min/train/step.py`): forward, the CoCa loss, backward,
 # clip the gradient norm, set the step's learning rate, an AdamW step, and keep the scale
 # $s \le 100$ (lesson 06). We write each piece and check it against coca_min's.
 #
@@ -272,7 +272,7 @@ fig.tight_layout()
 # $$g \leftarrow g \cdot \min\Big(1, \frac{c}{\lVert g \rVert_2 + 10^{-6}}\Big), \qquad \lVert g\rVert_2 = \sqrt{\textstyle\sum_p \lVert g_p \rVert_2^2}.$$
 #
 # `train_step` below is the whole step as the trainer runs it on one process. The trainer's
-# forward and backward pass is `coca_min.train.distributed.forward_backward`, which also serves
+# forward and backward pass is `coca_min.train.step.forward_backward`, which also serves
 # several processes and gradient accumulation; on one process and one micro-batch it must
 # match our two lines.
 #

@@ -55,7 +55,7 @@ ROOT = Path(coca_min.__file__).resolve().parents[1]  # the repository, from any 
 # batch: the more pairs, the more negatives. The paper's 65,536 pairs fit on no one accelerator,
 # so a batch of $N$ pairs is split over $W$ processes ("ranks"), $B = N / W$ each. Rank $r$ keeps
 # its own rows $x_r, y_r \in \mathbb{R}^{B \times E}$ and gathers every rank's rows as columns
-# $X, Y \in \mathbb{R}^{N \times E}$ (coca_min's `global_contrastive_loss`):
+# $X, Y \in \mathbb{R}^{N \times E}$ (coca_min's `contrastive_loss` with a `gather`):
 #
 # $$L_r = \text{CE}\big(s\, x_r Y^\top, \ \ell_r\big) + \text{CE}\big(s\, y_r X^\top, \ \ell_r\big),
 # \qquad \ell_r = (0, 1, \dots, B-1) + r B,$$
@@ -172,10 +172,11 @@ assert errors(wrong)[0] > 1 and rel > 0.1
 #
 # One process can join a process group of its own (world size 1, *gloo*, a rendezvous through a
 # file). That cannot test the summing (`tests/test_distributed.py` runs 2 and 4 processes), but
-# it runs `global_contrastive_loss`, `AllGatherWithGrad` and the labels end to end.
+# it runs `contrastive_loss` with `gather_with_grad` (`AllGatherWithGrad`) and the labels end
+# to end: the same function as in one process, handed the gather and this process's rank.
 #
-# **Check 4**: in a world of one, `global_contrastive_loss` and its gradients equal
-# `contrastive_loss`'s (float64, 1e-12).
+# **Check 4**: in a world of one, the gathered `contrastive_loss` and its gradients equal the
+# plain one's (float64, 1e-12).
 
 # %%
 with tempfile.TemporaryDirectory() as folder:  # a file store for the rendezvous: no network port to collide on
@@ -184,16 +185,16 @@ with tempfile.TemporaryDirectory() as folder:  # a file store for the rendezvous
     try:
         print(f"process group: backend {dist.get_backend()}, world size {D.world_size()}, rank {D.rank()}")
         x, y, t = (v.clone().requires_grad_() for v in (image_rows, text_rows, log_scale))
-        loss = D.global_contrastive_loss(x, y, t.exp())  # AllGatherWithGrad, rank offsets, autocast off
+        loss = contrastive_loss(x, y, t.exp(), gather=D.gather_with_grad, rank=D.rank())  # AllGatherWithGrad, rank offsets
         library = [loss.detach(), *torch.autograd.grad(loss, [x, y, t])]
     finally:
         dist.destroy_process_group()
 assert all((a - b).abs().max() < 1e-12 for a, b in zip(library, reference))
-print(f"global_contrastive_loss {library[0].item():.6f} = contrastive_loss {reference[0].item():.6f}")
+print(f"gathered contrastive_loss {library[0].item():.6f} = contrastive_loss {reference[0].item():.6f}")
 
 # %% [markdown]
 # The caption loss has its own global-batch detail: each rank's sum of token losses is divided
-# by the number of real tokens of the *whole* step, all-reduced (`global_coca_loss`).
+# by the number of real tokens of the *whole* step, all-reduced (`coca_loss`'s `step_tokens`).
 #
 # ## 2. Memory per GPU: data parallel, sharded, checkpointed
 #
@@ -428,7 +429,7 @@ assert rel_block < 1e-2
 #
 # Under autocast the embeddings leave their projections in bf16. `contrastive_loss` converts
 # them to float32 and turns autocast off for the logits (its comment: "near s = 100, bf16
-# logits are 0.5 apart"), as does `global_contrastive_loss`; `caption_loss` converts the logits
+# logits are 0.5 apart"), also when it gathers; `caption_loss` converts the logits
 # to float32 before the cross-entropy. No second rounding is added to the embeddings' own.
 #
 # **Check 9**: on bf16 embeddings, `contrastive_loss` under bf16 autocast equals the float32
@@ -597,7 +598,7 @@ print(f"a 40% MFU target: {target:,.0f} pairs/s ({target / 1011:.2f}x the compil
 # ## 5. Launching with `torchrun`
 #
 # `torchrun` starts one process per GPU and sets each one's `RANK`, `LOCAL_RANK` and
-# `WORLD_SIZE`. `train.py` (`coca_min.train.distributed.setup`) then joins the process group with
+# `WORLD_SIZE`. `train.py` (`coca_min.train.distributed.join_process_group`) then joins the process group with
 # **NCCL** on CUDA and **gloo** otherwise, wraps the model in DDP and gives each rank its shard
 # of the data (a `DistributedSampler`). Only rank 0 evaluates and writes checkpoints.
 #
