@@ -19,9 +19,18 @@ import warnings
 from pathlib import Path
 
 from coca_min import PRESETS
+from coca_min.cli import (
+    RUN_SETTINGS,
+    HelpWithDefaults,
+    Parser,
+    device_name,
+    file_problem,
+    folder_problem,
+    given_options,
+    output_problem,
+    ranged,
+)
 from coca_min.data.synthetic import shapes
-from coca_min.cli import (RUN_SETTINGS, HelpWithDefaults, Parser, device_name, file_problem, folder_problem, given_options,
-                          output_problem, ranged)
 
 MANIFESTS = (".jsonl", ".csv", ".json")  # a manifest, or COCO caption JSON
 MIN_VOCAB = 3 + 256  # the tokenizer's specials and bytes (tokenizer.py)

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from coca_min.config import CoCaConfig
+from coca_min.data.tokenizer import Tokenizer
 from coca_min.model.coca import CoCa
 from coca_min.words import with_article
-from coca_min.data.tokenizer import Tokenizer
 
 
 def unwrap(model):

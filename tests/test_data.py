@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import MEAN, STD, TinyShapes, collate, preprocess
 from coca_min.data.image_files import CaptionManifest, CocoCaptions
+from coca_min.data.synthetic import shapes
 from coca_min.data.tokenizer import BOS, EOS, PAD, Tokenizer
 
 

@@ -8,14 +8,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import make_tokens
 from torch.nn.parallel import DistributedDataParallel
 
 from coca_min import CoCa, CoCaConfig
 from coca_min.model.losses import coca_loss
 from coca_min.train.distributed import gather_with_grad, mean_over_ranks
 from coca_min.train.step import forward_backward, step_token_count
-from coca_min.model.losses import coca_loss
-from conftest import make_tokens
 
 GLOBAL_BATCH = 8
 
@@ -98,8 +97,13 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(split):
 
 
 def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
-    from coca_min.train.sharding import (gathered_optimizer_state, gathered_weights, load_gathered, set_activation_checkpointing,
-                                   shard_model)
+    from coca_min.train.sharding import (
+        gathered_optimizer_state,
+        gathered_weights,
+        load_gathered,
+        set_activation_checkpointing,
+        shard_model,
+    )
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import make_tokens
 
 from coca_min import PRESETS, CoCa
-from conftest import make_tokens
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import TinyShapes
 from coca_min.data.image_files import CaptionManifest
-from coca_min.eval.evaluate import (TINY_CLASSES, class_embeddings, evaluate_captions, evaluate_retrieval,
-                               evaluate_tiny_zero_shot, likelihood_scores, object_scores, plot_confusion)  # fmt: skip
+from coca_min.data.synthetic import shapes
+from coca_min.eval.evaluate import (
+    TINY_CLASSES,
+    class_embeddings,
+    evaluate_captions,
+    evaluate_retrieval,
+    evaluate_tiny_zero_shot,  # fmt: skip
+    likelihood_scores,
+    object_scores,
+    plot_confusion,
+)
 
 
 @pytest.fixture(scope="module")

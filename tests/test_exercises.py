@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import make_tokens
 
 PAD, BOS, EOS = 0, 1, 2  # coca_min.data.tokenizer's special ids

@@ -9,9 +9,9 @@ import torch
 
 from coca_min import CoCa, CoCaConfig
 from coca_min.data.datasets import TinyShapes, collate
+from coca_min.data.tokenizer import BOS, EOS, PAD
 from coca_min.model.generate import Stepper, beam_search, caption, generate
 from coca_min.model.losses import coca_loss, text_log_likelihood
-from coca_min.data.tokenizer import BOS, EOS, PAD
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from coca_min.eval import hard_negatives
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import TinyShapes
+from coca_min.data.synthetic import shapes
+from coca_min.eval import hard_negatives
 from coca_min.eval.hard_negatives import KINDS, evaluate_hard_negatives, negative_caption, pair_scores
 from coca_min.model.losses import caption_loss
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from coca_min.eval import index
-from coca_min.data.synthetic import shapes
 from coca_min.checkpoint import load_checkpoint, save_checkpoint
 from coca_min.data.datasets import TINY_DATA, TinyShapes
+from coca_min.data.synthetic import shapes
+from coca_min.eval import index
 
 CHECKPOINT = TINY_DATA.parent / "lessons" / "assets" / "tiny_coca.pt"  # the lessons' trained tiny model
 

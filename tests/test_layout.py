@@ -93,9 +93,9 @@ def circles(package: Path) -> list[str]:
                 low[node] = min(low[node], low[target])
             elif target in on_stack:
                 low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
+        if low[node] == index[node]:  # node is the root of a component: pop it, down to node
             component = set()
-            while not component or member != node:
+            while node not in component:
                 member = stack.pop()
                 on_stack.discard(member)
                 component.add(member)

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from conftest import make_tokens
 from torch.autograd import gradcheck
 
 from coca_min import PRESETS, CoCa, CoCaConfig
 from coca_min.model.losses import coca_loss
-from conftest import make_tokens
 
 
 def random_batch(config, lengths, total_length, seed=0):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from coca_min.data import datasets as data
-from coca_min.data.synthetic import moving_shapes as ms, shapes
+from coca_min.data.synthetic import moving_shapes as ms
+from coca_min.data.synthetic import shapes
 
 LEFT, RIGHT, UP, DOWN, GROWING, SHRINKING = range(6)
 assert ms.MOTIONS[LEFT] == "moving left" and ms.MOTIONS[SHRINKING] == "shrinking"

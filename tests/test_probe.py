@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from coca_min.eval import probe
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import TINY_DATA, TinyShapes
+from coca_min.data.synthetic import shapes
+from coca_min.eval import probe
 
 CHECKPOINT = TINY_DATA.parent / "lessons" / "assets" / "tiny_coca.pt"  # the lessons' trained tiny model
 

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from coca_min import PRESETS, CoCa, load_model
-from coca_min.data.synthetic import shapes
 from coca_min.checkpoint import load_checkpoint, save_checkpoint
 from coca_min.data.datasets import TinyShapes
+from coca_min.data.synthetic import shapes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample.py"
 

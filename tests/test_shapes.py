@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import TINY_DATA
+from coca_min.data.synthetic import shapes
 
 
 @pytest.fixture(scope="module")

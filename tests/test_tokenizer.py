@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from coca_min import PRESETS
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import TINY_DATA
+from coca_min.data.synthetic import shapes
 from coca_min.data.tokenizer import BOS, EOS, PAD, Tokenizer
 
 

@@ -19,9 +19,9 @@ from PIL import Image
 
 import train
 from coca_min import PRESETS, CoCa
-from coca_min.train import report as train_report, trainer
 from coca_min.checkpoint import load_checkpoint, read_checkpoint
-from coca_min.train import schedule
+from coca_min.train import report as train_report
+from coca_min.train import schedule, trainer
 from coca_min.train.schedule import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,8 +307,8 @@ def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_pa
 def write_manifest(folder, count=32, bad_row=True):
     """`count` tiny_data images as PNG files and a JSONL manifest of them (plus a row without a
     caption): real data on disk, as a user's would be."""
-    from coca_min.data.synthetic import shapes
     from coca_min.data.datasets import TinyShapes
+    from coca_min.data.synthetic import shapes
 
     (folder / "images").mkdir(parents=True)
     val = TinyShapes("val", limit=count)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from coca_min import CoCa
+from coca_min.data.datasets import TINY_DATA
 from coca_min.data.synthetic import moving_shapes
 from coca_min.eval import video
-from coca_min.data.datasets import TINY_DATA
 
 CHECKPOINT = TINY_DATA.parent / "lessons" / "assets" / "tiny_coca.pt"  # the lessons' trained tiny model
 
@@ -97,8 +97,8 @@ def test_the_command_refuses_a_file_that_is_not_a_checkpoint_in_one_line(tmp_pat
 
 
 def test_captions_of_clips_are_the_decoded_pooling_of_their_frames(tiny):
-    from coca_min.model.generate import generate_from_caption_tokens
     from coca_min.data.tokenizer import Tokenizer
+    from coca_min.model.generate import generate_from_caption_tokens
 
     tokenizer = Tokenizer.load(TINY_DATA / "tokenizer.json")
     pixels, _ = clips(3)

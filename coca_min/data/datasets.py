@@ -122,7 +122,7 @@ class TinyShapes(CaptionDataset):
         tokenizer = tokenizer or Tokenizer.load(Path(root) / "tokenizer.json")
         with np.load(path) as data:  # `limit`: only the first images, for quick checks
             self.pixels = torch.from_numpy(data["pixels"][:limit])  # (N, 48, 48) palette indices
-            self.objects = data["objects"][:limit]  # (N, 3, 5) ground truth, see shapes.py
+            self.objects = data["objects"][:limit]  # (N, 3, 5) ground truth, see synthetic/shapes.py
             captions = data["captions"][:limit].tolist()  # (N, 3) str
         super().__init__(captions, tokenizer, context_length, split == "train" if train is None else train, seed)
         self.palette = torch.from_numpy(shapes.PALETTE)  # (9, 3) uint8

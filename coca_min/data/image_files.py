@@ -24,8 +24,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .datasets import CaptionDataset, preprocess, read_image
 from coca_min.words import with_article
+
+from .datasets import CaptionDataset, preprocess, read_image
 
 
 class ImageFiles(CaptionDataset):
@@ -70,7 +71,7 @@ class ImageFiles(CaptionDataset):
                 self.failed += 1
                 if self.train and self.failed == 1:
                     warnings.warn(f"{error}; using the next image instead")
-        return None  # evaluation: left out (evaluate.py counts it); training: no image readable
+        return None  # evaluation: left out (coca_min/eval/evaluate.py counts it); training: no image readable
 
 
 def _skip_or_raise(bad, total, what, strict):

@@ -21,12 +21,13 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from coca_min.data.synthetic import shapes
-from coca_min.words import with_article
 from coca_min.data.datasets import TinyShapes
+from coca_min.data.synthetic import shapes
 from coca_min.data.tokenizer import drop_padding_columns
 from coca_min.model.generate import caption
 from coca_min.model.losses import text_log_likelihood
+from coca_min.words import with_article
+
 from .hard_negatives import evaluate_hard_negatives
 from .metrics import bleu, cider_d, retrieval_recalls, top_k_accuracy
 

@@ -85,7 +85,6 @@ def _save_array(path, array):
 
 def build(checkpoint, source, out, batch_size=64, device="cpu", progress=True) -> dict:
     """Embed the images of `source` not yet in the index at `out`; -> meta.json's contents."""
-    import torch
     from tqdm import tqdm
 
     from coca_min.checkpoint import load_checkpoint

@@ -10,7 +10,7 @@ The paper trains "an additional pooler on top of the spatial and temporal featur
 the frozen encoder, with one query, so that pooling over all F·N tokens stays cheap. Attention
 is a function of a *set* of tokens: without the time embedding, shuffling the frames changes
 nothing, and a clip could not be told from itself played backwards. The tiny demonstration
-(`python -m coca_min.eval.video --checkpoint …`, on `moving_shapes.py`'s clips):
+(`python -m coca_min.eval.video --checkpoint …`, on `coca_min/data/synthetic/moving_shapes.py`'s clips):
 
 1. motion classification by attentive probes on the frozen image encoder, from (a) the middle
    frame, (b) the frames' average, (c) all frames' tokens with the time embedding, and (c
@@ -33,8 +33,9 @@ from coca_min.data.synthetic import moving_shapes
 from coca_min.data.tokenizer import drop_padding_columns
 from coca_min.model.generate import generate_from_caption_tokens
 from coca_min.model.losses import coca_loss
-from .probe import AttentiveProbe, accuracy, fit, frozen_features
 from coca_min.train.schedule import Schedule
+
+from .probe import AttentiveProbe, accuracy, fit, frozen_features
 
 
 class TimeEmbedding(nn.Module):

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coca_min.config import CoCaConfig
+
 from .decoder import TextDecoder
 from .layers import init_weights, standard_init_weights
 from .pooler import AttentionalPooler

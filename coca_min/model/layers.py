@@ -17,8 +17,8 @@ or relative position encodings (the paper uses learned absolute positions).
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 
 class Attention(nn.Module):
@@ -96,7 +96,7 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_dim)
 
-    activation_checkpointing = False  # recompute this block's activations in the backward pass (sharding.py)
+    activation_checkpointing = False  # recompute this block's activations in the backward pass (coca_min/train/sharding.py)
 
     def forward(self, x, mask=None, context=None, cache=None):
         # x: (B, T, dim); mask: self-attention mask (see Attention); context: (B, S, context_dim)

@@ -6,7 +6,7 @@ output). It turns a variable number of tokens into exactly `n_queries` task-spec
 
 CoCa uses two: the *caption pooler* (256 queries in the paper) feeds the multimodal decoder's
 cross-attention, and the *contrastive pooler* (1 query) gives the image embedding. How they are
-wired (cascade or parallel) is decided in `model.py`. The same module serves the paper's
+wired (cascade or parallel) is decided in `coca.py`. The same module serves the paper's
 frozen-feature evaluation ("attentive probing"): a new pooler on a frozen encoder.
 
 Left out: the MLP that some implementations put after the attention; the paper's pooler is

@@ -7,6 +7,7 @@ calls `plot_training` at every evaluation, so the PNGs in the output folder are 
 from pathlib import Path
 
 from matplotlib.figure import Figure  # drawn straight to a file: no window, and pyplot's
+
 # backend and figures, a notebook's among them, are left as they are
 
 

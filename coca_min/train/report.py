@@ -2,7 +2,7 @@
 table, report.json, the confusion matrix of the tiny set), the progress line, and the JSON files
 it writes beside its checkpoint. Called by trainer.py, on rank 0.
 
-Not a part of the paper; the metrics themselves are evaluate.py's and metrics.py's.
+Not a part of the paper; the metrics themselves are coca_min/eval/'s.
 """
 
 import json
@@ -14,7 +14,14 @@ import torch
 from tqdm import tqdm
 
 from coca_min.data.datasets import TinyShapes, collate
-from coca_min.eval.evaluate import TINY_CLASSES, evaluate_captions, evaluate_retrieval, evaluate_tiny_zero_shot, plot_confusion, tiny_report
+from coca_min.eval.evaluate import (
+    TINY_CLASSES,
+    evaluate_captions,
+    evaluate_retrieval,
+    evaluate_tiny_zero_shot,
+    plot_confusion,
+    tiny_report,
+)
 from coca_min.model.losses import coca_loss
 
 

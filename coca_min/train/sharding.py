@@ -35,11 +35,17 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from coca_min.model.layers import Block
 
 from .distributed import all_reduce
-from coca_min.model.layers import Block
 
 
 def set_activation_checkpointing(model: torch.nn.Module, enabled: bool = True) -> None:

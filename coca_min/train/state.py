@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from . import distributed as D
 from coca_min.checkpoint import config_of, read_checkpoint, save_checkpoint
 from coca_min.data.loader import ShardBatches
-from .sharding import gathered_optimizer_state, gathered_weights, load_gathered, load_sharded, save_sharded
+
+from . import distributed as D
 from .report import write_json
+from .sharding import gathered_optimizer_state, gathered_weights, load_gathered, load_sharded, save_sharded
 
 SHARDED = "ckpt.shards"  # in --out: the folders of sharded checkpoints (--checkpoint sharded)
 

@@ -162,7 +162,7 @@ def build_data(args, config, saved_tokenizer=None):
         tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else saved_tokenizer  # None: trained below
         sets = {}
         for name, path in [("train", args.data), ("val", args.val_data)]:  # each file in its own format
-            if name == "train" and Path(path).is_dir():  # a folder of tar shards, streamed (shards.py)
+            if name == "train" and Path(path).is_dir():  # a folder of tar shards, streamed (coca_min/data/shards.py)
                 sets[name] = ShardReader(path, tokenizer, config.image_size, config.context_length, seed=args.seed)
                 continue
             kind = CocoCaptions if path and path.lower().endswith(".json") else CaptionManifest
@@ -201,7 +201,7 @@ def wrap_for_training(model, setup):
 
 
 def training_batches(train_set, args, setup, state):
-    """The stream of micro-batches (loader.py), from where a resumed run left off."""
+    """The stream of micro-batches (coca_min/data/loader.py), from where a resumed run left off."""
     if isinstance(train_set, ShardReader):
         position = shard_position(state.data_positions, setup.rank, setup.world)
         return ShardBatches(train_set, setup.micro_batch, setup.workers, setup.on_gpu, position)

@@ -18,12 +18,12 @@
 # on every run; the versions say what it was built with.
 
 # %%
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import matplotlib.pyplot as plt
 
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import MEAN, STD, TINY_DATA, TinyShapes
+from coca_min.data.synthetic import shapes
 
 torch.manual_seed(0)
 torch.set_num_threads(2)

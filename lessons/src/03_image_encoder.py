@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from coca_min import PRESETS, CoCa, count_parameters
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import TinyShapes
+from coca_min.data.synthetic import shapes
 from coca_min.model.vit import VisionTransformer
 
 torch.manual_seed(0)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 import coca_min
 from coca_min import PRESETS, CoCa, load_model
-from coca_min.data.synthetic import shapes
 from coca_min.data.datasets import TinyShapes
+from coca_min.data.synthetic import shapes
 
 torch.manual_seed(0)
 torch.set_num_threads(2)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import coca_min
 from coca_min import PRESETS, CoCa, load_model
 from coca_min.data.datasets import TinyShapes, collate
-from coca_min.model.losses import caption_loss, coca_loss, contrastive_loss
 from coca_min.data.tokenizer import BYTE_OFFSET, PAD
+from coca_min.model.losses import caption_loss, coca_loss, contrastive_loss
 
 torch.manual_seed(0)
 torch.set_num_threads(2)

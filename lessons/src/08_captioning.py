@@ -32,11 +32,11 @@ import matplotlib.pyplot as plt
 import torch
 
 import coca_min
-from coca_min.data.synthetic import shapes
 from coca_min.checkpoint import load_checkpoint
 from coca_min.data.datasets import TinyShapes
-from coca_min.model.generate import Stepper, caption, generate, sampling_choice
+from coca_min.data.synthetic import shapes
 from coca_min.data.tokenizer import BOS, EOS, PAD
+from coca_min.model.generate import Stepper, caption, generate, sampling_choice
 
 torch.manual_seed(0)
 torch.set_num_threads(1)

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 import coca_min
-from coca_min.eval import evaluate, hard_negatives, metrics
-from coca_min.data.synthetic import shapes
 from coca_min.checkpoint import load_checkpoint
 from coca_min.data.datasets import TINY_DATA, TinyShapes
+from coca_min.data.synthetic import shapes
+from coca_min.eval import evaluate, hard_negatives, metrics
 from coca_min.model.generate import caption
 
 torch.manual_seed(0)

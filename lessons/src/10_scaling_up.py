@@ -39,9 +39,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import coca_min
 import coca_min.model.flops
 from coca_min import PRESETS, CoCa, count_parameters
-from coca_min.train import distributed as D
 from coca_min.model.layers import Block
 from coca_min.model.losses import caption_loss, coca_loss, contrastive_loss
+from coca_min.train import distributed as D
 
 torch.manual_seed(0)
 torch.set_num_threads(2)

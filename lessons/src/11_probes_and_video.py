@@ -41,10 +41,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import coca_min
-from coca_min.data.synthetic import moving_shapes, shapes
-from coca_min.eval import probe, video
 from coca_min.checkpoint import load_checkpoint
 from coca_min.data.datasets import TinyShapes
+from coca_min.data.synthetic import moving_shapes, shapes
+from coca_min.eval import probe, video
 
 torch.set_flush_denormal(True)  # denormals (below ~1e-38) are read and written as 0
 torch.manual_seed(0)

@@ -23,8 +23,9 @@ import re
 
 import numpy as np
 
-from . import shapes
 from coca_min.words import with_article
+
+from . import shapes
 
 FRAMES = 8
 SPEED = 3  # pixels per frame

@@ -235,7 +235,6 @@ def save_png_folder(split_file, folder, count) -> int:
 
 
 def main():
-    import argparse
     import time
     from pathlib import Path
 
