@@ -137,7 +137,7 @@ out = {str(tmp_path)!r}
 plot_confusion(torch.eye(3), torch.arange(3), ["a", "b", "c"], out + "/confusion.png")
 history = [{{"step": s, "loss": 3.0 / s, "contrastive": 2.0 / s, "caption": 1.0 / s, "lr": 1e-3}} for s in (1, 2)]
 plot_training(history, [{{"step": 2, "val_loss": 1.0}}], out)
-shapes.save_sample_grid(shapes.generate("val", range(4)), out + "/grid.png", n=4)
+shapes.save_sample_grid(shapes.make_images("val", range(4)), out + "/grid.png", n=4)
 assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
 assert plt.get_fignums() == [mine.number], plt.get_fignums()
 """

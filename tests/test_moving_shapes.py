@@ -27,7 +27,7 @@ def clips():
 
 @pytest.fixture(scope="module")
 def batch():
-    return ms.generate("test", 240)
+    return ms.make_clips("test", 240)
 
 
 def same_clip(a, b):
@@ -36,11 +36,11 @@ def same_clip(a, b):
 
 def test_clips_are_deterministic_and_regenerate_alone():
     assert same_clip(ms.sample_clip("train", 5), ms.sample_clip("train", 5))
-    batch = ms.generate("val", 10)
+    batch = ms.make_clips("val", 10)
     for index in [0, 7, 9]:
         clip = ms.sample_clip("val", index)
         assert np.array_equal(batch["frames"][index], ms.render_clip(clip))
-        assert batch["captions"][index] == ms.caption(clip)
+        assert batch["captions"][index] == ms.clip_caption(clip)
         assert batch["labels"][index].tolist() == [clip["shape"], clip["colour"], clip["motion"]]
     assert not all(same_clip(ms.sample_clip("train", i), ms.sample_clip("val", i)) for i in range(10))
     assert batch["frames"].shape == (10, ms.FRAMES, 48, 48) and batch["frames"].dtype == np.uint8
@@ -137,11 +137,11 @@ def test_growing_played_backwards_is_shrinking(clips):
 def test_caption_round_trip_for_every_motion():
     for motion in range(6):
         clip = ms.sample_clip("val", 6 * 3 + motion)
-        text = ms.caption(clip)
+        text = ms.clip_caption(clip)
         assert text.endswith(ms.MOTIONS[motion])
         assert ms.parse_caption(text) == (clip["shape"], clip["colour"], motion)
     orange = {"shape": 1, "colour": 6, "motion": GROWING, "track": None}
-    assert ms.caption(orange) == "an orange square growing"
+    assert ms.clip_caption(orange) == "an orange square growing"
     assert ms.parse_caption("A red circle moving left.") == (0, 0, LEFT)
     assert ms.parse_caption("a red circle") is None
     assert ms.parse_caption("a red circle moving sideways") is None

@@ -20,7 +20,7 @@ def committed():
 def test_regenerating_sample_indices_reproduces_committed_arrays(committed, split):
     n = shapes.SPLITS[split][0]
     indices = sorted({0, 1, n - 1} | set(np.random.default_rng(0).integers(n, size=40).tolist()))
-    fresh = shapes.generate(split, indices)
+    fresh = shapes.make_images(split, indices)
     for name in ["pixels", "objects", "captions"]:
         assert np.array_equal(fresh[name], committed[split][name][indices]), name
 

@@ -13,7 +13,7 @@ CHECKPOINT = TINY_DATA.parent / "lessons" / "assets" / "tiny_coca.pt"  # the les
 
 
 def clips(count=6, split="test"):
-    data = moving_shapes.generate(split, count)
+    data = moving_shapes.make_clips(split, count)
     return moving_shapes.to_pixels(data["frames"]), data  # (count, 8, 3, 48, 48)
 
 

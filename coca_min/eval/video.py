@@ -205,7 +205,7 @@ def main(argv=None):
     progress = sys.stderr.isatty()  # a bar only in a terminal: in a log it is \r fragments
     say = lambda text: print(text, file=sys.stderr, flush=True)  # what it is doing, also in a log
     say(f"frame tokens of {args.train_clips} + {args.test_clips} clips, then 4 motion probes of {args.probe_steps} steps")
-    train, test = moving_shapes.generate("train", args.train_clips), moving_shapes.generate("test", args.test_clips)
+    train, test = moving_shapes.make_clips("train", args.train_clips), moving_shapes.make_clips("test", args.test_clips)
     train_tokens, test_tokens = (clip_tokens(coca, d["frames"], progress=progress) for d in (train, test))
     motion = {split: torch.from_numpy(d["labels"][:, 2]) for split, d in [("train", train), ("test", test)]}
     probes = motion_probes(train_tokens, motion["train"], test_tokens, motion["test"], args.probe_steps, args.seed, progress)

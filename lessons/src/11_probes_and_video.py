@@ -215,7 +215,7 @@ print(f"all {len(before)} tensors of the model unchanged")
 # `train`, time running left to right:
 
 # %%
-clips = moving_shapes.generate("train", 6)  # frames (6, 8, 48, 48) uint8 palette indices
+clips = moving_shapes.make_clips("train", 6)  # frames (6, 8, 48, 48) uint8 palette indices
 print("frames", clips["frames"].shape, "| labels (shape, colour, motion)", clips["labels"].shape)
 rgb = np.pad(shapes.PALETTE[clips["frames"]], ((0, 0), (0, 0), (0, 4), (0, 4), (0, 0)), constant_values=255)
 mosaic = rgb.transpose(0, 2, 1, 3, 4).reshape(6 * 52, 8 * 52, 3)  # clips as rows, frames as columns, 4 px apart
@@ -324,7 +324,7 @@ print("equal to coca_min.eval.video.VideoCoCa.encode_video")
 # clips it scores at most 1/2 exactly, not only on average.
 
 # %%
-train, test = moving_shapes.generate("train", 360), moving_shapes.generate("test", 120)
+train, test = moving_shapes.make_clips("train", 360), moving_shapes.make_clips("test", 120)
 with torch.no_grad():  # (clips, F, N, Dv)
     train_tokens, test_tokens = (frame_tokens(model.image_encoder, moving_shapes.to_pixels(d["frames"]))
                                  for d in (train, test))  # fmt: skip

@@ -74,7 +74,7 @@ def render_clip(clip) -> np.ndarray:
     return frames
 
 
-def caption(clip) -> str:
+def clip_caption(clip) -> str:
     """"a red circle moving left", "an orange square growing"."""
     return with_article(
         f"{shapes.COLOURS[clip['colour']]} {shapes.SHAPES[clip['shape']]} {MOTIONS[clip['motion']]}"
@@ -95,7 +95,7 @@ def parse_caption(text: str):
     return shapes.SHAPES.index(shape), shapes.COLOURS.index(colour), MOTIONS.index(motion)
 
 
-def generate(split: str, count: int) -> dict:
+def make_clips(split: str, count: int) -> dict:
     """Clips 0..count-1 of a split: {"frames" (N, FRAMES, 48, 48) uint8, "labels" (N, 3) int64
     (shape, colour, motion), "captions" list of N str}."""
     clips = [sample_clip(split, index) for index in range(count)]
@@ -104,7 +104,7 @@ def generate(split: str, count: int) -> dict:
         frames[i] = render_clip(clip)
     labels = np.array([[c["shape"], c["colour"], c["motion"]] for c in clips], dtype=np.int64)
     labels = labels.reshape(count, 3)  # (0, 3) when count is 0
-    return {"frames": frames, "labels": labels, "captions": [caption(c) for c in clips]}
+    return {"frames": frames, "labels": labels, "captions": [clip_caption(c) for c in clips]}
 
 
 def to_pixels(frames):
@@ -119,7 +119,7 @@ def to_pixels(frames):
 
 
 def save_filmstrip(data, path, n=6) -> None:
-    """A PNG of the first `n` clips of `generate`'s output: one row per clip, time left to right."""
+    """A PNG of the first `n` clips of `make_clips`'s output: one row per clip, time left to right."""
     from matplotlib.figure import Figure  # to a file, leaving pyplot's backend and figures alone
 
     n = min(n, len(data["frames"]))

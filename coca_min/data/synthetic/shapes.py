@@ -173,7 +173,7 @@ def parse_caption(text: str) -> list[tuple]:
             for size, colour, shape, place in _PHRASE.findall(text.lower())]  # fmt: skip
 
 
-def generate(split: str, indices=None):
+def make_images(split: str, indices=None):
     """Regenerate images of a split: {"pixels" (N, 48, 48) uint8, "objects" (N, 3, 5) int8,
     "captions" (N, 3) str}."""
     indices = range(SPLITS[split][0]) if indices is None else indices
@@ -260,7 +260,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     for split, (count, _) in SPLITS.items():
-        data = generate(split)
+        data = make_images(split)
         save_npz(out / f"{split}.npz", **data)
         print(f"{split:>9}: {count} images, {data['captions'].size} captions")
         if split == "train":
