@@ -7,7 +7,8 @@ while saving never leaves a half-written checkpoint, and it loads with `weights_
 Keys are saved without the `_orig_mod.` (torch.compile) or `module.` (DDP) prefixes.
 
 `load_model(path)` gives the trained model alone. (It lives here, not as a method of `CoCa`:
-the model, `coca_min/model/`, knows nothing of files or tokenizers.)
+the model, `coca_min/model/`, imports nothing of the rest of coca_min, and a checkpoint holds a
+tokenizer, `coca_min/data/tokenizer.py`, too.)
 
 A file that is not such a checkpoint (another format, a bare state_dict, a pickle holding
 objects that `weights_only=True` refuses to run) gives a ValueError naming the file and why.

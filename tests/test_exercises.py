@@ -220,6 +220,32 @@ def test_contrastive_loss_matches_loops(grade_seed):
         assert got.item() == pytest.approx(image_to_text + text_to_image, rel=1e-9)  # eq. 1: the sum
 
 
+def test_contrastive_loss_with_a_gather_is_the_whole_batchs_loss_over_simulated_ranks(grade_seed):
+    # W ranks of B pairs each, simulated in one process: rank r holds rows r·B … (r+1)·B - 1, and
+    # its `gather` returns every rank's rows in rank order. The W ranks' losses then average to
+    # the whole batch's loss, as functions of every row: the values and the gradients agree.
+    from coca_min.model.losses import contrastive_loss
+    rng, gen = generators(grade_seed)
+    for _ in range(3):
+        W, B, E = rng.randrange(2, 5), rng.randrange(1, 4), rng.randrange(2, 6)
+        X = torch.nn.functional.normalize(randn(gen, W * B, E), dim=-1).requires_grad_()
+        Y = torch.nn.functional.normalize(randn(gen, W * B, E), dim=-1).requires_grad_()
+        s = torch.tensor(rng.uniform(1, 100), dtype=torch.float64)
+        losses = []
+        for r in range(W):
+            rows = slice(r * B, (r + 1) * B)
+
+            def gather(local, rows=rows):  # this rank's rows (images or texts) among every rank's
+                every = X if torch.equal(local, X[rows]) else Y
+                return torch.cat([every[: rows.start], local, every[rows.stop :]])
+
+            losses.append(contrastive_loss(X[rows], Y[rows], s, gather=gather, rank=r))
+        mean, whole = torch.stack(losses).mean(), contrastive_loss(X, Y, s)
+        assert mean.item() == pytest.approx(whole.item(), rel=1e-9)  # labels offset by r·B
+        for got, expected in zip(torch.autograd.grad(mean, [X, Y]), torch.autograd.grad(whole, [X, Y])):
+            assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_caption_loss_matches_loops(grade_seed):
     from coca_min.model.losses import caption_loss
     rng, gen = generators(grade_seed)

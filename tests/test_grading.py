@@ -47,7 +47,7 @@ def endless(exercise_id):
 
 # plausibly wrong solutions, each a small edit of the reference one
 WRONG = {
-    "contrastive_loss": lambda: replaced("contrastive_loss", "return image_to_text + text_to_image", "return image_to_text"),
+    "contrastive_loss": lambda: replaced("contrastive_loss", "return loss_i2t + loss_t2i", "return loss_i2t"),
     "text_mask": lambda: replaced("text_mask", ".tril()", ".tril(diagonal=1)"),  # each token sees the next one
     "bleu": lambda: replaced("bleu", "return [s * brevity for s in scores]", "return scores"),  # no brevity penalty
     "beam_search": lambda: replaced("beam_search", "candidates[:, eos_id] / (i + 1) ** length_penalty",

@@ -1,7 +1,6 @@
 """lessons/build.py: the percent format, outputs, figures, cells meant to raise, determinism,
 --check; and the committed notebooks against their sources."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -79,6 +79,21 @@ def test_coca_loss_weights_caption_twice_and_contrastive_once():
     torch.testing.assert_close(parts["loss"], 1.0 * l_con + 2.0 * l_cap)
 
 
+def test_coca_loss_over_a_step_is_this_shares_token_sum_over_the_steps_count_and_refuses_half_the_arguments():
+    torch.manual_seed(0)
+    tokens = torch.tensor([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0]])  # 3 + 2 real targets
+    outputs = {"image_embedding": F.normalize(torch.randn(2, 8), dim=-1), "text_embedding": F.normalize(torch.randn(2, 8), dim=-1),
+               "logits": torch.randn(2, 4, 7), "logit_scale": torch.tensor(1 / 0.07)}  # fmt: skip
+    local_mean = caption_loss(outputs["logits"], tokens[:, 1:], pad_id=0)
+    # a step of 2 processes with 12 real targets in all: W · (this one's sum of 5) / 12
+    share = coca_loss(outputs, tokens, pad_id=0, gather=lambda t: torch.cat([t, t]), world_size=2, step_tokens=torch.tensor(12))
+    torch.testing.assert_close(share["caption"], 2 * 5 * local_mean / 12)
+    with pytest.raises(ValueError, match="needs step_tokens"):
+        coca_loss(outputs, tokens, pad_id=0, gather=lambda t: torch.cat([t, t]), world_size=2)
+    with pytest.raises(ValueError, match=r"world_size 2: the contrastive loss needs the gather"):
+        coca_loss(outputs, tokens, pad_id=0, world_size=2, step_tokens=torch.tensor(12))
+
+
 def test_contrastive_loss_gradcheck_float64():
     torch.manual_seed(0)
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)

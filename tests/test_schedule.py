@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from coca_min.train.schedule import FakeClock, Schedule, TimeBudget
+from coca_min.schedule import FakeClock, Schedule, TimeBudget
 
 
 def closed_form(step, peak, warmup, total, min_ratio):

@@ -70,7 +70,8 @@ EXERCISES = {
                  "test_contrastive_loss_is_twice_clips_mean_of_the_two_directions",
                  "test_contrastive_loss_is_symmetric_in_images_and_texts",
                  "test_contrastive_loss_gradcheck_float64")
-        + _t("test_exercises.py", "test_contrastive_loss_matches_loops"),
+        + _t("test_exercises.py", "test_contrastive_loss_matches_loops",
+             "test_contrastive_loss_with_a_gather_is_the_whole_batchs_loss_over_simulated_ranks"),
     ),
     "caption_loss": Exercise(
         "coca_min/model/losses.py", "caption_loss", "lessons/06_losses.ipynb", points=5, minutes=15,

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from coca_min.data.synthetic import shapes
 from coca_min.model.pooler import AttentionalPooler
-from coca_min.train.schedule import Schedule
+from coca_min.schedule import Schedule
 
 
 class AttentiveProbe(nn.Module):

@@ -33,7 +33,7 @@ from coca_min.data.synthetic import moving_shapes
 from coca_min.data.tokenizer import drop_padding_columns
 from coca_min.model.generate import generate_from_caption_tokens
 from coca_min.model.losses import coca_loss
-from coca_min.train.schedule import Schedule
+from coca_min.schedule import Schedule
 
 from .probe import AttentiveProbe, accuracy, fit, frozen_features
 

@@ -17,9 +17,9 @@
 Under bf16 autocast the captioning loss goes through `LowMemoryCaptionLoss`: the same value,
 without the float32 copies of the (B, T, V) logits that dominate memory at a 64k vocabulary.
 
-Data-parallel training calls the same two functions: the contrastive loss takes a `gather`
-that collects the embeddings of every process (`coca_min/train/distributed.py` makes it), and
-the captioning loss a count of the whole step's tokens. Left out: label smoothing, and the JFT
+Data-parallel training calls the same `coca_loss`: its contrastive loss takes a `gather` that
+collects the embeddings of every process (`coca_min/train/distributed.py` makes it), and its
+captioning loss the count of the whole step's tokens (`step_tokens`). Left out: label smoothing, and the JFT
 classification loss.
 """
 
@@ -138,6 +138,12 @@ def coca_loss(outputs, tokens, pad_id, caption_weight=2.0, contrastive_weight=1.
     its real tokens. The image and text embeddings may hold more rows than `tokens` (the cached
     rows of the step's other micro-batches).
     """
+    if (gather is not None or world_size > 1) and step_tokens is None:
+        raise ValueError("a loss over several processes needs step_tokens, the real target tokens of the whole step "
+                         "(coca_min.train.step.step_token_count): each process's caption loss is its share of their mean")
+    if world_size > 1 and gather is None:
+        raise ValueError(f"world_size {world_size}: the contrastive loss needs the gather of every process's embeddings "
+                         "(gather=coca_min.train.distributed.gather_with_grad)")  # fmt: skip
     targets = tokens[:, 1:]  # (B, T - 1): position t predicts token t + 1 (teacher forcing)
     l_con = contrastive_loss(outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"],
                              gather, rank)  # fmt: skip

@@ -6,7 +6,6 @@
     sharding.py     FSDP2 and activation checkpointing; gathered and sharded checkpoints
     state.py        what a checkpoint keeps of a run; saving and resuming it
     report.py       what a run reports: evaluations during training, the final report
-    schedule.py     the learning-rate schedule and the time budget
     plots.py        the PNGs of a run
 
 Not a part of the paper (its optimizer is §4.1's, left out: see trainer.py). This file imports

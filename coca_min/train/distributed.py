@@ -80,7 +80,7 @@ def all_gather_objects(value) -> list:
     if not is_distributed():
         return [value]
     parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, value)  # under NCCL, through the current GPU (setup sets it)
+    dist.all_gather_object(parts, value)  # under NCCL, through the current GPU (join_process_group sets it)
     return parts
 
 

@@ -6,7 +6,7 @@ block (`layers.Block`: the ViT's, both decoder halves') a unit of its own and th
 model (patch and token embeddings, poolers, projections, LM head) the root unit. Each rank keeps
 1/W of every parameter, of its gradient and so of AdamW's state; a unit's whole weights exist
 only while it runs, gathered just before and freed after, forward and backward. Gradients are
-averaged over ranks (reduce-scatter), as DDP's are, so the loss of `distributed.py` needs no
+averaged over ranks (reduce-scatter), as DDP's are, so the loss of a step (`step.py`) needs no
 change. The temperature `log_logit_scale` is one number (a 0-d parameter, which `fully_shard`
 cannot shard): it stays whole on every rank, and a hook averages its gradient over ranks.
 

@@ -5,12 +5,14 @@ from the shards under FSDP, so that it loads on one device), the optimizer state
 with `--checkpoint sharded` each rank's shards in OUT/ckpt.shards/step-N/, written with
 torch.distributed.checkpoint), the random state and the `RunState`; and history.json and
 args.json beside it. `resume` loads them all into a run being set up (trainer.py), and
-`read_resumed` reads the checkpoint first, so that a wrong one ends the run in seconds.
+`read_resumed` reads the checkpoint first, so that a wrong one ends the run in seconds. `plan`
+makes a run's learning-rate schedule and time budget, a resumed run's from its state.
 """
 
 import random
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 
 from coca_min.checkpoint import config_of, read_checkpoint, save_checkpoint
 from coca_min.data.loader import ShardBatches
+from coca_min.schedule import FakeClock, Schedule, TimeBudget
 
 from . import distributed as D
 from .report import write_json
@@ -123,3 +126,15 @@ def refuse_another_config(saved, config, path):
     if differences:
         changes = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differences.items())
         sys.exit(f"error: {path} was made with a different model config ({changes})")
+
+
+def plan(args, state):
+    """(Schedule, TimeBudget). lr: warm-up over a fixed number of steps, then a cosine over the
+    steps planned (coca_min/schedule.py); with a time budget the steps are planned from this session's
+    own timed steps."""
+    default_warmup = round(0.05 * args.steps) if args.steps else 30  # 5% of the steps; 30 with a time budget
+    state.warmup = next(w for w in [args.warmup, state.warmup, default_warmup] if w is not None)  # a resume keeps its own
+    schedule = Schedule(args.lr, state.warmup, args.min_lr_ratio, progress=state.lr_progress)
+    clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
+    budget = TimeBudget(args.minutes * 60 if state.budgeted else None, clock, spent=state.train_seconds)
+    return schedule, budget

@@ -43,7 +43,7 @@ def make_optimizer(model, args, fused=False):
 
 def train_step(run) -> dict:
     """One optimizer step: forward and backward over this rank's micro-batches (the loss of the
-    global batch, distributed.py), gradient clipping, the schedule's lr, AdamW, the temperature's
+    global batch, `forward_backward`), gradient clipping, the schedule's lr, AdamW, the temperature's
     cap. -> the losses, averaged over ranks, and "stop" (a Ctrl-C on some rank)."""
     args, state, t0 = run.args, run.state, time.monotonic()
     micro_batches = [[t.to(run.setup.device, non_blocking=True) for t in next_batch(run)] for _ in range(args.accum)]

@@ -34,13 +34,13 @@ from coca_min.data.loader import EpochBatches, ShardBatches, shard_position
 from coca_min.data.shards import ShardReader, all_captions
 from coca_min.data.tokenizer import Tokenizer
 from coca_min.model import CoCa
+from coca_min.schedule import Schedule, TimeBudget
 
 from . import distributed as D
 from .plots import plot_training
 from .report import Progress, evaluate_during_training, final_report
-from .schedule import Schedule, TimeBudget, plan
 from .sharding import gathered_weights, is_sharded, set_activation_checkpointing, shard_model
-from .state import RunState, read_resumed, resume, save
+from .state import RunState, plan, read_resumed, resume, save
 from .step import make_optimizer, train_step
 
 

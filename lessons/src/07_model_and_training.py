@@ -40,9 +40,8 @@ import coca_min
 from coca_min import PRESETS, CoCa, count_parameters, load_model
 from coca_min.data.datasets import TinyShapes, collate
 from coca_min.model.losses import coca_loss
-from coca_min.train.schedule import Schedule
-from coca_min.train.step import forward_backward
-from coca_min.train.trainer import make_optimizer
+from coca_min.schedule import Schedule
+from coca_min.train.step import forward_backward, make_optimizer
 
 torch.manual_seed(0)
 torch.set_num_threads(1)

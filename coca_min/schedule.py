@@ -18,7 +18,9 @@ allocates memory and compiles), plans once `timing_steps` are timed, and re-plan
 step from the mean time so far, so a machine that slows down shortens the run instead of
 overrunning. Time spent evaluating is left out, and a resumed run starts from the training time
 its checkpoint spent. The clock is a parameter, so that tests can drive it exactly.
-`plan` makes both for a run, from train.py's arguments and the run's state.
+
+Used by training (`coca_min/train/`, whose `state.plan` makes both for a run) and by the
+probes of `coca_min/eval/`, which train small heads.
 
 Left out: other schedules (linear, step, inverse square root); batch-size warm-up.
 """
@@ -96,15 +98,3 @@ class FakeClock:
     def __call__(self):
         self.now += self.tick
         return self.now
-
-
-def plan(args, state):
-    """(Schedule, TimeBudget). lr: warm-up over a fixed number of steps, then a cosine over the
-    steps planned; with a time budget the steps are planned from this session's
-    own timed steps."""
-    default_warmup = round(0.05 * args.steps) if args.steps else 30  # 5% of the steps; 30 with a time budget
-    state.warmup = next(w for w in [args.warmup, state.warmup, default_warmup] if w is not None)  # a resume keeps its own
-    schedule = Schedule(args.lr, state.warmup, args.min_lr_ratio, progress=state.lr_progress)
-    clock = FakeClock(args.fake_step_seconds) if args.fake_step_seconds else time.monotonic
-    budget = TimeBudget(args.minutes * 60 if state.budgeted else None, clock, spent=state.train_seconds)
-    return schedule, budget
