@@ -113,7 +113,7 @@ def forward_backward(model, batches, pad_id, caption_weight=2.0, contrastive_wei
     plain = unwrap(model)  # the CoCa inside DDP / torch.compile: its encoders for the first pass
     step_tokens = step_token_count([tokens for _, tokens in batches], pad_id)
     W = D.world_size()  # the contrastive loss sees every rank's pairs; one process has them all
-    spread = dict(gather=D.gather_with_grad if W > 1 else None, rank=D.rank(), world_size=W)
+    over_processes = dict(gather=D.gather_with_grad if W > 1 else None, rank=D.rank(), world_size=W)
     if len(batches) > 1:
         with torch.no_grad(), autocast:
             cached = [(plain.encode_image(images)[0], plain.encode_text(tokens)[0]) for images, tokens in batches]
@@ -131,7 +131,7 @@ def forward_backward(model, batches, pad_id, caption_weight=2.0, contrastive_wei
                     outputs[key] = torch.cat(rows)  # (A·b, E)
                 if not last:  # the scale s enters every pass whole: its gradient is taken once
                     outputs["logit_scale"] = outputs["logit_scale"].detach()
-            losses = coca_loss(outputs, tokens, pad_id, caption_weight, contrastive_weight, step_tokens=step_tokens, **spread)
+            losses = coca_loss(outputs, tokens, pad_id, caption_weight, contrastive_weight, step_tokens=step_tokens, **over_processes)
             losses["loss"].backward()
         logged["caption"] += losses["caption"].detach()  # the micro-batches' shares add up
         logged["contrastive"] = losses["contrastive"].detach()  # the same step loss in every pass
