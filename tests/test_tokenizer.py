@@ -1,4 +1,9 @@
-"""The byte-level BPE tokenizer: round trips, a worked example, save/load, special ids."""
+"""The byte-level BPE tokenizer: round trips, a worked example, save/load, special ids, and
+training's incremental counts against the plain algorithm that recounts every pair."""
+
+import random
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -6,7 +11,7 @@ import pytest
 from coca_min import PRESETS
 from coca_min.data.datasets import TINY_DATA
 from coca_min.data.synthetic import shapes
-from coca_min.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from coca_min.data.tokenizer import BOS, BYTE_OFFSET, EOS, PAD, SPLIT_PATTERN, Tokenizer, _merge
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +131,59 @@ def test_a_tokenizer_file_that_is_not_one_is_named(tmp_path):
     (tmp_path / "t.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"t\.json is not a coca_min tokenizer \(expected what Tokenizer\.save writes"):
         Tokenizer.load(tmp_path / "t.json")
+
+
+def merges_by_recounting(texts, vocab_size):
+    """The plain BPE training loop (Tokenizer.train before it counted incrementally): after every
+    merge, recount every pair of every word. Slow, obviously right: the reference."""
+    chunk_counts = Counter(c for text in texts for c in re.findall(SPLIT_PATTERN, text))
+    words = {chunk: [BYTE_OFFSET + b for b in chunk.encode("utf-8")] for chunk in chunk_counts}
+    merges = []
+    while BYTE_OFFSET + 256 + len(merges) < vocab_size:
+        pairs = Counter()
+        for chunk, ids in words.items():
+            for pair in zip(ids, ids[1:]):
+                pairs[pair] += chunk_counts[chunk]
+        if not pairs or max(pairs.values()) < 2:
+            break
+        pair = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))  # ties: lowest ids first
+        new_id = BYTE_OFFSET + 256 + len(merges)
+        merges.append(pair)
+        words = {chunk: _merge(ids, pair, new_id) for chunk, ids in words.items()}
+    return merges
+
+
+def synthetic_captions(seed=0, n_words=300, n_captions=3000):
+    """Made-up words of 1 to 12 symbols (letters, some é and 🙂, digits, punctuation), drawn
+    with Zipf-like weights into captions of 1 to 12 words. Few symbols and repeated words make
+    many equal counts, so the tie rule decides many merges."""
+    rng = random.Random(seed)
+    symbols = "abcde" * 4 + "éé🙂" + "012" + ".,!-'"
+    vocabulary = ["".join(rng.choice(symbols) for _ in range(rng.randint(1, 12))) for _ in range(n_words)]
+    vocabulary += vocabulary[: n_words // 10]  # some words twice, with two weights
+    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    return [" ".join(rng.choices(vocabulary, weights, k=rng.randint(1, 12))) for _ in range(n_captions)]
+
+
+@pytest.mark.parametrize("n_words, n_captions, n_merges, stops_early", [
+    (300, 3000, 400, False),  # the vocabulary size is reached
+    (40, 300, 10_000, True),  # training runs until no pair occurs twice
+])
+def test_training_learns_the_merges_of_the_recounting_algorithm(n_words, n_captions, n_merges, stops_early):
+    texts = synthetic_captions(0, n_words, n_captions)
+    expected = merges_by_recounting(texts, BYTE_OFFSET + 256 + n_merges)
+    assert (len(expected) < n_merges) == stops_early
+    assert list(Tokenizer.train(texts, BYTE_OFFSET + 256 + n_merges).merges) == expected
+
+
+@pytest.mark.parametrize("texts", [
+    ["aaaa aaa aaaaa"],  # runs: (a, a) merges without overlapping, then pairs with the new id
+    ["aaaaaaaa aaaaaaa", "aaa"],
+    ["ab ab ab", "abab", "ba ba"],  # equal counts: the lowest ids win
+    ["éé 🙂🙂 éé 🙂🙂 12 12 !! !!"],  # several bytes a character, digits, punctuation
+    ["x", "y z"],  # no pair at all
+    ["abcd", "dcba"],  # every pair once: no merge
+])
+def test_training_edge_cases_equal_the_recounting_algorithm(texts):
+    for vocab_size in [259, 260, 262, 300, 10_000]:  # from no merge to stopping early
+        assert list(Tokenizer.train(texts, vocab_size).merges) == merges_by_recounting(texts, vocab_size)

@@ -6,7 +6,10 @@ its captions instead, in the manner of GPT-2 and minbpe:
 1. Text is split into chunks (a word with its leading space, a number, a run of punctuation,
    whitespace) by SPLIT_PATTERN, so merges never cross a word boundary.
 2. Each chunk is UTF-8 bytes; every byte is a token, so any text can be encoded (emoji too).
-3. Training repeats: find the most frequent adjacent pair of tokens, give it a new id.
+3. Training repeats: find the most frequent adjacent pair of tokens, give it a new id. The pairs
+   are counted once; after a merge only the chunks that held the pair are recounted, and a heap
+   finds the most frequent pair (ties: lowest ids), so a merge costs what it changes, not a
+   recount of every pair (8,000 merges on 500,000 captions: seconds instead of an hour).
 4. Encoding applies the merges in the order they were learned (earliest first).
 
 Ids: 0 [PAD], 1 [BOS], 2 [EOS] (never produced from text), 3 … 258 the 256 bytes, then merges.
@@ -16,9 +19,10 @@ Left out: SentencePiece's unigram model, normalisation (NFKC), and the regex mod
 classes (plain `re` is enough here).
 """
 
+import heapq
 import json
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -70,21 +74,49 @@ class Tokenizer:
         if vocab_size < BYTE_OFFSET + 256:
             raise ValueError(f"vocab_size must be at least {BYTE_OFFSET + 256} (specials + bytes)")
         chunk_counts = Counter(c for text in texts for c in re.findall(SPLIT_PATTERN, text))
-        words = {chunk: [BYTE_OFFSET + b for b in chunk.encode("utf-8")] for chunk in chunk_counts}
+        words = [[BYTE_OFFSET + b for b in chunk.encode("utf-8")] for chunk in chunk_counts]
+        counts = list(chunk_counts.values())  # how often each chunk ("word") occurs
+        # count the pairs once; `where` knows which words hold a pair, so a merge visits only those
+        pairs, where = Counter(), defaultdict(set)
+        for w, ids in enumerate(words):
+            for pair in zip(ids, ids[1:]):
+                pairs[pair] += counts[w]
+                where[pair].add(w)
+        # a heap of (-count, a, b): its top is the most frequent pair, ties to the lowest ids.
+        # A changed count pushes a new entry; outdated ones are dropped when they reach the top.
+        heap = [(-n, a, b) for (a, b), n in pairs.items() if n >= 2]
+        heapq.heapify(heap)
         merges = []
         while BYTE_OFFSET + 256 + len(merges) < vocab_size:
-            pairs = Counter()
-            for chunk, ids in words.items():
-                for pair in zip(ids, ids[1:]):
-                    pairs[pair] += chunk_counts[chunk]
-            if not pairs or max(pairs.values()) < 2:
+            while heap and -heap[0][0] != pairs.get(heap[0][1:], 0):
+                heapq.heappop(heap)
+            if not heap:  # no pair occurs twice
                 break
-            pair = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))  # ties: lowest ids first
-            new_id = BYTE_OFFSET + 256 + len(merges)
+            n, a, b = heapq.heappop(heap)
+            pair, new_id = (a, b), BYTE_OFFSET + 256 + len(merges)
             merges.append(pair)
-            words = {chunk: _merge(ids, pair, new_id) for chunk, ids in words.items()}
+            change = Counter()  # pair -> change of its count: minus the old words, plus the new
+            for w in list(where[pair]):
+                old, new = words[w], _merge(words[w], pair, new_id)
+                old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
+                for p in old_pairs:
+                    change[p] -= counts[w]
+                for p in new_pairs:
+                    change[p] += counts[w]
+                for p in set(old_pairs) - set(new_pairs):
+                    where[p].discard(w)
+                for p in set(new_pairs) - set(old_pairs):
+                    where[p].add(w)
+                words[w] = new
+            for p, d in change.items():
+                if d != 0:
+                    pairs[p] += d
+                    if pairs[p] == 0:  # no word holds it any more (the merged pair, for one)
+                        del pairs[p], where[p]
+                    elif pairs[p] >= 2:  # pairs seen once cannot be chosen: no entry needed
+                        heapq.heappush(heap, (-pairs[p], *p))
             if verbose:
-                print(f"merge {len(merges)}: {pair} -> {new_id} ({pairs[pair]} times)")
+                print(f"merge {len(merges)}: {pair} -> {new_id} ({-n} times)")
         return cls(merges)
 
     def _encode_chunk(self, chunk: str) -> list[int]:
