@@ -85,6 +85,8 @@ def parse_args(argv=None):
                    help="how to save the optimizer state: whole in ckpt.pt, or each process its shards "
                    "(default: sharded with --fsdp)")
     p.add_argument("--threads", type=count, help="CPU threads per process (default: cores / processes)")
+    p.add_argument("--log-every", type=count, default=10, help="read the losses from the device every N steps (a wait "
+                   "for the GPU each time); a Ctrl-C under torchrun stops at the next of these")  # fmt: skip
     p.add_argument("--nan-at-step", type=count, help=argparse.SUPPRESS)  # tests: make that step's loss NaN
     p.add_argument("--fake-step-seconds", type=positive, help=argparse.SUPPRESS)  # tests: every step takes this long
     args = p.parse_args(argv)

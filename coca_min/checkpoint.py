@@ -49,16 +49,18 @@ def save_checkpoint(path, model, tokenizer=None, weights=None, **extra) -> None:
     os.replace(temporary, path)  # atomic: the old file stays whole until the new one is
 
 
-def read_checkpoint(path, device="cpu") -> dict:
-    """The saved dict as it is (state dicts, config as a dict, …); a clear error for a file that
-    is not a coca_min checkpoint."""
+def read_checkpoint(path) -> dict:
+    """The saved dict as it is (state dicts, config as a dict, …), its tensors on the CPU and
+    memory-mapped from the file: nothing is read until it is used, and nothing lands on a GPU
+    unless a caller copies it there (a resumed rank of a sharded run takes only its shards).
+    A clear error for a file that is not a coca_min checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise ValueError(f"{path} is not a coca_min checkpoint (not a file that torch.save wrote)")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             raise ValueError(f"{path} holds Python objects besides tensors and plain data, which are not "
@@ -97,8 +99,8 @@ def config_of(checkpoint, path="the checkpoint") -> CoCaConfig:
 
 
 def load_checkpoint(path, device="cpu") -> dict:
-    """The saved dict, with "model" a ready CoCa (eval mode) and "tokenizer" a Tokenizer."""
-    checkpoint = read_checkpoint(path, device)
+    """The saved dict, with "model" a ready CoCa on `device` (eval mode) and "tokenizer" a Tokenizer."""
+    checkpoint = read_checkpoint(path)
     model = CoCa(config_of(checkpoint, path)).to(device)
     try:
         model.load_state_dict(checkpoint["model"])

@@ -8,8 +8,13 @@ A source is in the "percent" format that jupytext reads: `# %% [markdown]` start
 cell (its lines are comments, `# ` removed), `# %%` a code cell, and `# %% tags=["raises-exception"]`
 a code cell that is meant to raise (its error is kept as the cell's output; any other error
 fails the build), and `# %% tags=["measured"]` a cell whose outputs are wall-clock measurements
-(they differ from run to run, so --check compares that cell's code but not its outputs, and a
-notebook that differs from its new build only there is left as it is). Cells run in order in
+(they differ from run to run, so --check compares that cell's code but not its outputs).
+--check compares the rest on what is stable from machine to machine: code and markdown
+exactly, printed numbers to a tolerance (round-off differs between CPUs and torch versions:
+1 % or 1e-6; in a cell tagged `# %% tags=["approximate"]`, whose numbers come out of many small
+random steps that grow the round-off, 10 % or 0.05), figures by being there (their PNG bytes
+depend on matplotlib and fonts). A notebook that a new
+build matches in that sense is left as it is. Cells run in order in
 one namespace per lesson, with the lessons folder as
 the working directory, matplotlib on its non-interactive Agg backend and progress bars off.
 Outputs: what the cell prints, the value of its last expression (unless the line ends in `;`),
@@ -41,6 +46,7 @@ CELL = re.compile(r"^# %%(?P<markdown> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<Line2D at 0x7f3a…>": differs from run to run
 RAISES = "raises-exception"  # the tag Jupyter and nbconvert use for a cell meant to raise
 MEASURED = "measured"  # a cell that times something: its outputs are not compared by --check
+APPROXIMATE = "approximate"  # a cell whose numbers come from many small random steps: compared loosely
 
 
 class BuildError(Exception):
@@ -70,8 +76,9 @@ def parse(source: str, name="lesson"):
         close()
         kind = "markdown" if marker["markdown"] else "code"
         tags = json.loads(marker["tags"]) if marker["tags"] else []
-        if not isinstance(tags, list) or set(tags) - {RAISES, MEASURED}:
-            raise BuildError(f"{name} line {number}: a cell's tags may be {RAISES!r} and {MEASURED!r}; got {marker['tags']}")
+        if not isinstance(tags, list) or set(tags) - {RAISES, MEASURED, APPROXIMATE}:
+            raise BuildError(f"{name} line {number}: a cell's tags may be {RAISES!r}, {MEASURED!r} and {APPROXIMATE!r}; "
+                             f"got {marker['tags']}")  # fmt: skip
         lines = []
     close()
     return cells
@@ -169,13 +176,51 @@ def build(source_path: Path) -> str:
     return nbformat.writes(notebook) + "\n"
 
 
-def comparable(text: str) -> dict:
-    """A notebook's text -> the notebook without the outputs of its measured cells, for --check."""
-    notebook = nbformat.reads(text, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and MEASURED in cell.metadata.get("tags", []):
-            cell.outputs = []
-    return notebook
+NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+RTOL, ATOL = 1e-2, 1e-6  # how far a printed number may move: round-off of other CPUs and torch versions
+LOOSE_RTOL, LOOSE_ATOL = 0.1, 0.05  # in an "approximate" cell: a short SGD run, round-off grown over its steps
+
+
+def same_text(a: str, b: str, rtol=RTOL, atol=ATOL) -> bool:
+    """Two outputs alike: the same text between the numbers, and each number within `rtol` of the
+    other or `atol` of it (a largest difference of 1.8e-15 on one CPU is 1.3e-15 on another)."""
+    if NUMBER.split(a) != NUMBER.split(b):
+        return False
+    return all(abs(float(x) - float(y)) <= atol + rtol * abs(float(y)) for x, y in zip(NUMBER.findall(a), NUMBER.findall(b)))
+
+
+def same_output(a, b, rtol=RTOL, atol=ATOL) -> bool:
+    """Two outputs of a cell alike: the same kind; text by `same_text`; a figure where the other
+    has one (its PNG bytes depend on the matplotlib version and the fonts, so they are not compared)."""
+    if a.output_type != b.output_type:
+        return False
+    if a.output_type == "stream":
+        return a.name == b.name and same_text(a.text, b.text, rtol, atol)
+    if a.output_type == "error":
+        return a.ename == b.ename and same_text(a.evalue, b.evalue, rtol, atol)
+    if set(a.get("data", {})) != set(b.get("data", {})):
+        return False
+    return "image/png" in a.data or same_text(a.data.get("text/plain", ""), b.data.get("text/plain", ""), rtol, atol)
+
+
+def up_to_date(committed: str, built: str) -> bool:
+    """A committed notebook against a new build of its source, for --check: the same cells with
+    the same code and markdown, and alike outputs (`same_output`), except a measured cell's,
+    whose outputs are timings and not compared."""
+    old, new = nbformat.reads(committed, as_version=4).cells, nbformat.reads(built, as_version=4).cells
+
+    def shape(cells):
+        return [(cell.cell_type, cell.source, cell.metadata.get("tags", [])) for cell in cells]
+
+    if shape(old) != shape(new):
+        return False
+    for a, b in zip(old, new):
+        tags = a.metadata.get("tags", [])
+        if a.cell_type == "code" and MEASURED not in tags:
+            rtol, atol = (LOOSE_RTOL, LOOSE_ATOL) if APPROXIMATE in tags else (RTOL, ATOL)
+            if len(a.outputs) != len(b.outputs) or not all(same_output(x, y, rtol, atol) for x, y in zip(a.outputs, b.outputs)):
+                return False
+    return True
 
 
 def sources(numbers=()):
@@ -198,7 +243,7 @@ def main(argv=None):
         for source in sources(args.numbers):
             notebook = LESSONS / f"{source.stem}.ipynb"
             text = build(source)
-            current = notebook.is_file() and comparable(notebook.read_text(encoding="utf-8")) == comparable(text)
+            current = notebook.is_file() and up_to_date(notebook.read_text(encoding="utf-8"), text)
             if args.check:
                 if not current:
                     stale.append(notebook.name)

@@ -1,8 +1,10 @@
 """Distributed CoCa loss (gloo, CPU processes): the same loss and gradients as one process on
 the same global batch, with 2 and 4 processes."""
 
+import copy
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from coca_min import CoCa, CoCaConfig
 from coca_min.model.losses import coca_loss
-from coca_min.train.distributed import gather_with_grad, mean_over_ranks
+from coca_min.train.distributed import all_reduce, gather_with_grad
 from coca_min.train.step import forward_backward, step_token_count
 
 GLOBAL_BATCH = 8
@@ -49,7 +51,7 @@ def worker(rank, world, port, result_file, accum):
     else:  # as train.py does: this rank's shard as `accum` micro-batches, one optimizer step
         parts = [(i, t) for i, t in zip(images[shard].chunk(accum), tokens[shard].chunk(accum))]
         losses = forward_backward(ddp, parts, pad_id=0)
-    logged = mean_over_ranks(losses)
+    logged = {k: all_reduce(v.detach().clone()).item() / world for k, v in losses.items()}  # the global batch's
     if rank == 0:
         torch.save((logged, {n: p.grad for n, p in model.named_parameters()}), result_file)
     dist.barrier()
@@ -101,6 +103,8 @@ def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
         gathered_optimizer_state,
         gathered_weights,
         load_gathered,
+        load_sharded,
+        parameter_names,
         set_activation_checkpointing,
         shard_model,
     )
@@ -113,6 +117,8 @@ def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
         shard_model(model, activation_checkpointing=checkpointing)
         weight = model.image_encoder.blocks[0].mlp.fc_in.weight  # (16, 8) in all: 8 rows here
         assert type(weight).__name__ == "DTensor" and weight.to_local().shape == (16 // world, 8)
+        scale = model.log_logit_scale  # shape (1,): sharded like any parameter, rank 1's shard empty
+        assert type(scale).__name__ == "DTensor" and scale.to_local().shape == (1 - rank,)
     else:
         set_activation_checkpointing(model, checkpointing)
         model = DistributedDataParallel(model)
@@ -122,16 +128,23 @@ def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
     forward_backward(model, parts, pad_id=0)
     optimizer.step()
     weights, state = gathered_weights(model), gathered_optimizer_state(model, optimizer)  # whole, on rank 0
-    if fsdp:  # and loaded into a new sharded model (every rank reads rank 0's file, as a resumed run does)
+    if fsdp:  # the temperature and its gradient, whole, as this rank has them (no hook of coca_min's averages it)
+        torch.save([t.full_tensor() for t in (model.log_logit_scale, model.log_logit_scale.grad)], f"{result_file}.scale{rank}")
+        # loaded into a new sharded model (every rank reads rank 0's file, as a resumed run does), also in the
+        # form of an older coca_min's checkpoints (a 0-d temperature), gathered and sharded
         torch.save((weights, state), f"{result_file}.tmp") if rank == 0 else None
         dist.barrier()
-        again, optimizer_again = micro()[0], None
-        shard_model(again)
-        optimizer_again = torch.optim.AdamW(again.parameters(), lr=1e-2, eps=1e-6)
-        load_gathered(again, optimizer_again, *torch.load(f"{result_file}.tmp"))
-        reloaded = gathered_weights(again), gathered_optimizer_state(again, optimizer_again)
+        save_older_sharded(f"{result_file}.shards", model, optimizer)
+        reloaded = []
+        for load in [lambda m, o: load_gathered(m, o, *torch.load(f"{result_file}.tmp")),
+                     lambda m, o: load_gathered(m, o, *older(*torch.load(f"{result_file}.tmp"), parameter_names(model, optimizer))),
+                     lambda m, o: load_sharded(f"{result_file}.shards", m, o)]:  # fmt: skip
+            again = shard_model(micro()[0])
+            optimizer_again = torch.optim.AdamW(again.parameters(), lr=1e-2, eps=1e-6)
+            load(again, optimizer_again)
+            reloaded.append((gathered_weights(again), gathered_optimizer_state(again, optimizer_again)))
     else:
-        weights, reloaded = {n: p.detach() for n, p in model.module.state_dict().items()}, None
+        weights, reloaded = {n: p.detach() for n, p in model.module.state_dict().items()}, []
     if rank == 0:
         torch.save({"model": weights, "optimizer": state, "reloaded": reloaded}, result_file)
     dist.barrier()
@@ -153,10 +166,18 @@ def test_one_sharded_or_checkpointed_step_gives_the_single_process_parameters(fs
     args = (2, free_port(), tmp_path / "rank0.pt", fsdp, checkpointing, accum)
     mp.start_processes(sharded_worker, args=args, nprocs=2, start_method="spawn")
     saved = torch.load(tmp_path / "rank0.pt")
+    # the temperature, sharded like any parameter: on both ranks, whose pairs differ, its gradient
+    # is the whole batch's (averaged over ranks by FSDP2's reduce-scatter), and its value one process's
+    for rank in range(2):
+        value, grad = torch.load(tmp_path / f"rank0.pt.scale{rank}")
+        torch.testing.assert_close(grad, model.log_logit_scale.grad, rtol=1e-9, atol=0)
+        torch.testing.assert_close(value, model.log_logit_scale.detach(), rtol=1e-12, atol=0)
     # the whole weights, and AdamW's state gathered (train.py --checkpoint gathered) in the form of
     # a plain optimizer.state_dict(), equal one process's; loaded into a new sharded model, the same
+    # (from this checkpoint, and from one as an older coca_min wrote it, gathered and sharded)
     expected_state = optimizer.state_dict()
-    for weights, state in [(saved["model"], saved["optimizer"]), saved["reloaded"]]:
+    assert len(saved["reloaded"]) == 3
+    for weights, state in [(saved["model"], saved["optimizer"]), *saved["reloaded"]]:
         assert weights.keys() == model.state_dict().keys()
         for name, expected in model.state_dict().items():
             torch.testing.assert_close(weights[name], expected, rtol=1e-6, atol=1e-9, msg=name)
@@ -167,6 +188,176 @@ def test_one_sharded_or_checkpointed_step_gives_the_single_process_parameters(fs
         for index, expected in expected_state["state"].items():
             for key, value in expected.items():
                 torch.testing.assert_close(state["state"][index][key], value, rtol=1e-6, atol=1e-12, msg=f"{index} {key}")
+
+
+def older(weights, optimizer_state, names):
+    """Whole weights and an indexed AdamW state as coca_min saved them when the temperature was
+    a 0-d parameter: it, and its moments, of shape ()."""
+    index = names.index("log_logit_scale")
+    moments = {key: value if key == "step" else value.reshape(()) for key, value in optimizer_state["state"][index].items()}
+    return ({**weights, "log_logit_scale": weights["log_logit_scale"].reshape(())},
+            {**optimizer_state, "state": {**optimizer_state["state"], index: moments}})  # fmt: skip
+
+
+def save_older_sharded(folder, model, optimizer):
+    """`save_sharded` as coca_min wrote it when the temperature was 0-d: FSDP2 left it out (whole
+    on every rank), and so its AdamW moments."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    def whole(t):
+        return (t.full_tensor() if hasattr(t, "full_tensor") else t).reshape(())
+
+    saved = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    saved["model"]["log_logit_scale"] = whole(saved["model"]["log_logit_scale"])
+    moments = saved["optimizer"]["state"]["log_logit_scale"]  # (the optimizer's own dict: not changed in place)
+    saved["optimizer"]["state"]["log_logit_scale"] = {k: v if k == "step" else whole(v) for k, v in moments.items()}
+    with warnings.catch_warnings():  # in one process, DCP warns that it saves in one process
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable or uninitialized")
+        dcp.save(saved, checkpoint_id=str(folder))
+
+
+def test_a_checkpoint_of_an_older_coca_min_with_a_0d_temperature_loads_and_resumes(tmp_path):
+    # coca_min kept the temperature 0-d, shape (), before FSDP2 sharded it as any other parameter
+    # (shape (1,)). Such a checkpoint loads (load_model), and resumes, gathered (ckpt.pt) or
+    # sharded (DCP; here in one process), to the very next step the run itself takes
+    from coca_min.checkpoint import load_model, save_checkpoint
+    from coca_min.train.sharding import load_gathered, load_sharded, parameter_names
+
+    def model_and_optimizer():
+        model = micro()[0]
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)
+
+    def step(model, optimizer):
+        forward_backward(model, [(images, tokens)], pad_id=0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    (model, optimizer), (_, images, tokens) = model_and_optimizer(), micro()
+    step(model, optimizer)
+    current = copy.deepcopy((model.state_dict(), optimizer.state_dict()))  # as if read from a file: not the live tensors
+    weights, state = older(*current, parameter_names(model, optimizer))
+    assert weights["log_logit_scale"].shape == () and model.log_logit_scale.shape == (1,)
+    save_checkpoint(tmp_path / "ckpt.pt", model, weights=weights)
+    assert torch.equal(load_model(tmp_path / "ckpt.pt").log_logit_scale, model.log_logit_scale.detach().float())
+    save_older_sharded(tmp_path / "shards", model, optimizer)
+    resumed = []
+    for load in [lambda m, o: load_gathered(m, o, weights, state), lambda m, o: load_sharded(tmp_path / "shards", m, o)]:
+        resumed.append(model_and_optimizer())
+        load(*resumed[-1])
+    step(model, optimizer)
+    for again, optimizer_again in resumed:
+        assert again.log_logit_scale.shape == (1,)
+        step(again, optimizer_again)
+        for (name, value), other in zip(model.state_dict().items(), again.state_dict().values()):
+            assert torch.equal(value, other), name
+
+
+def meta_bf16_worker(rank, world, port, result_file):
+    from types import SimpleNamespace
+
+    from coca_min import PRESETS
+    from coca_min.train.sharding import gathered_weights, is_sharded
+    from coca_min.train.trainer import Setup, build_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    setup = Setup(torch.device("cpu"), rank, world, rank, autocast=torch.autocast("cpu", dtype=torch.bfloat16),
+                  compile=False, workers=0, micro_batch=4)  # fmt: skip  (a bf16 run, as set_up makes it)
+    args = SimpleNamespace(fsdp=True, activation_checkpointing=False, lr=1e-3, weight_decay=0.1, image_lr_scale=1.0)
+    built = []
+    for _ in range(2):  # the run's seed, twice
+        torch.manual_seed(0)
+        model, optimizer = build_model(args, setup, PRESETS["tiny"])
+        assert is_sharded(model) and not any(p.is_meta for p in model.parameters())
+        built.append(gathered_weights(model))
+    seen = {}  # the dtypes of the parameters that compute, during the forward pass
+    model.image_encoder.blocks[0].mlp.register_forward_pre_hook(lambda m, _: seen.update(block=m.fc_in.weight.dtype))
+    model.image_projection.register_forward_pre_hook(lambda m, _: seen.update(root=m.weight.dtype))
+    g = torch.Generator().manual_seed(rank)  # each rank its own pairs
+    images, tokens = torch.randn(4, 3, 48, 48, generator=g), make_tokens([9, 5, 12, 7], 12, 366, generator=g)
+    losses = forward_backward(model, [(images, tokens)], pad_id=0, autocast=setup.autocast)
+    grad = model.image_encoder.blocks[0].mlp.fc_in.weight.grad.to_local()  # this rank's rows, averaged over ranks
+    optimizer.step()
+    result = {"built": built, "seen": seen, "loss": losses["loss"].item(), "grad": grad,
+              "dtypes": {p.dtype for p in model.parameters()} | {p.grad.dtype for p in model.parameters()}
+              | {v.dtype for s in optimizer.state.values() for k, v in s.items() if k != "step"}}  # fmt: skip
+    if rank == 0:
+        torch.save(result, result_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_fsdp_builds_on_the_meta_device_and_gathers_its_blocks_in_bf16(tmp_path):
+    # trainer.build_model with --fsdp in a bf16 run, at world size 2: the model built on the meta
+    # device, sharded, then each rank's shards made and initialised
+    from coca_min import PRESETS
+
+    mp.start_processes(meta_bf16_worker, args=(2, free_port(), tmp_path / "rank0.pt"), nprocs=2, start_method="spawn")
+    saved = torch.load(tmp_path / "rank0.pt")
+    built, again = saved["built"]
+    torch.manual_seed(0)
+    plain = CoCa(PRESETS["tiny"]).state_dict()
+    assert built.keys() == plain.keys() and all(built[n].shape == v.shape for n, v in plain.items())
+    for name, value in plain.items():
+        assert torch.equal(again[name], built[name]), name  # the same seed, the same weights
+        if (value == value.flatten()[0]).all():  # LayerNorms, biases, the temperature: set, not drawn
+            assert torch.equal(built[name], value), name
+        elif value.numel() >= 1000:  # drawn: from the same distributions as a plain build's
+            std, mean = value.std().item(), value.mean().item()
+            assert built[name].std().item() == pytest.approx(std, rel=0.1), name
+            assert built[name].mean().item() == pytest.approx(mean, abs=0.1 * std), name
+    fc_in = built["image_encoder.blocks.0.mlp.fc_in.weight"]  # (256, 64): rows 0-127 rank 0's, 128-255 rank 1's
+    assert not torch.equal(fc_in[:128], fc_in[128:])  # not copies of one another (each rank its own seed on CPUs)
+    # FSDP2's mixed precision: a block's parameters compute in bf16, the root's (the temperature's)
+    # in fp32; what is kept stays fp32: the sharded weights, their gradients, AdamW's moments
+    assert saved["seen"] == {"block": torch.bfloat16, "root": torch.float32}
+    assert saved["dtypes"] == {torch.float32} and torch.isfinite(torch.tensor(saved["loss"]))
+    # reduce-scattered in fp32: the mean of two ranks' bf16 gradients is not a bf16 number (reduced
+    # in bf16, it would be rounded to one)
+    grad = saved["grad"]
+    assert grad.dtype == torch.float32 and not torch.equal(grad.bfloat16().float(), grad)
+
+
+def compiled_worker(rank, world, port, result_file):
+    from coca_min.train.sharding import gathered_weights, shard_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model, images, tokens = micro()
+    shard_model(model, compile=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)
+    shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    forward_backward(model, [(images[shard], tokens[shard])], pad_id=0)
+    optimizer.step()
+    weights = gathered_weights(model)
+    if rank == 0:
+        torch.save(weights, result_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.compile
+def test_blocks_compiled_then_sharded_give_the_single_process_step(tmp_path):
+    # torchtitan's order: each block compiled (nn.Module.compile, in place), then sharded; the
+    # root not compiled. Float64, world size 2, one AdamW step against one process, eager.
+    # (Inductor compiles 3 kinds of block, forward and backward, in each process: about 4 minutes
+    # on 2 cores with an empty cache, under 1 with a warm one)
+    model, images, tokens = micro()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)
+    forward_backward(model, [(images, tokens)], pad_id=0)
+    optimizer.step()
+    mp.start_processes(compiled_worker, args=(2, free_port(), tmp_path / "rank0.pt"), nprocs=2, start_method="spawn")
+    weights = torch.load(tmp_path / "rank0.pt")
+    assert weights.keys() == model.state_dict().keys()  # the same names: compiled in place, no _orig_mod
+    for name, expected in model.state_dict().items():
+        torch.testing.assert_close(weights[name], expected, rtol=1e-6, atol=1e-9, msg=name)
 
 
 def test_activation_checkpointing_keeps_a_blocks_input_only_and_gives_the_same_gradients():

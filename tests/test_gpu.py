@@ -65,3 +65,29 @@ def test_cached_decoding_on_the_gpu_matches_uncached_and_the_cpus_logits():
     uncached, uncached_scores = generate(model, images.cuda(), max_new=24, min_new=24, use_cache=False)
     assert cached.device.type == "cuda" and torch.equal(cached, uncached)
     torch.testing.assert_close(cached_scores, uncached_scores, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_the_trainers_steps_between_two_reads_of_the_logs_never_wait_for_the_gpu(tmp_path, accum):
+    # a read makes the CPU wait for the GPU (step.read_logs, every --log-every steps); between two
+    # reads nothing may: CUDA's sync debug mode raises at any synchronising call
+    import train
+    from coca_min.train.report import Progress
+    from coca_min.train.step import read_logs, train_step
+    from coca_min.train.trainer import leave, start
+
+    args = train.parse_args(["--size", "tiny", "--device", "cuda", "--no-compile", "--steps", "10", "--log-every", "100",
+                             "--accum", str(accum), "--out", str(tmp_path / "run"), "--workers", "0"])  # fmt: skip
+    run = start(args)
+    run.progress = Progress(None, 0, "", enabled=False)
+    train_step(run)  # the first step allocates, and may wait
+    read_logs(run)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            train_step(run)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    read_logs(run)
+    assert [row["step"] for row in run.state.history] == [1, 2, 3, 4]
+    leave(run)

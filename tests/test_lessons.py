@@ -121,8 +121,37 @@ def test_check_compares_a_measured_cells_code_but_not_its_outputs(tmp_path, monk
     (tmp_path / "x").write_text("2")
     with pytest.raises(SystemExit, match=r"out of date"):  # every other cell's outputs are compared
         build.main(["--check"])
-    with pytest.raises(build.BuildError, match=r"tags may be 'raises-exception' and 'measured'; got \["):
+    with pytest.raises(build.BuildError, match=r"tags may be 'raises-exception', 'measured' and 'approximate'; got \["):
         build.parse('# %% tags=["slow"]\nx = 1\n')
+
+
+def test_check_allows_another_machines_round_off_and_figure_bytes_but_nothing_else(tmp_path):
+    # another CPU or torch prints 1.3e-15 for 1.8e-15, 4.464648 for 4.464649, and matplotlib
+    # another PNG: a notebook is up to date with its source if only that differs
+    source = '# %%\nimport matplotlib.pyplot as plt\nprint("largest difference 1.8e-15; loss 4.464649")\nplt.plot([0, 1]);\n'
+    committed = build.build(write_lesson(tmp_path, source))
+    figure = nbformat.reads(committed, as_version=4).cells[0].outputs[1].data["image/png"]
+
+    def rebuilt(text=None, png=None):
+        notebook = nbformat.reads(committed, as_version=4)
+        outputs = notebook.cells[0].outputs
+        outputs[0].text = text or outputs[0].text
+        outputs[1].data["image/png"] = png or outputs[1].data["image/png"]
+        return nbformat.writes(notebook)
+
+    assert build.up_to_date(committed, rebuilt("largest difference 1.3e-15; loss 4.464648\n", png=figure[::-1]))
+    assert not build.up_to_date(committed, rebuilt("largest difference 1.8e-15; loss 4.52\n"))  # over 1 %
+    assert not build.up_to_date(committed, rebuilt("largest difference 1.8e-03; loss 4.464649\n"))  # over 1e-6
+    assert not build.up_to_date(committed, rebuilt("largest gap 1.8e-15; loss 4.464649\n"))  # other words
+    no_figure = nbformat.reads(committed, as_version=4)
+    no_figure.cells[0].outputs.pop()
+    assert not build.up_to_date(committed, nbformat.writes(no_figure))
+    # a cell tagged "approximate" (a short SGD run) may move by 0.05 or 10 %, not more
+    loose = nbformat.reads(committed, as_version=4)
+    loose.cells[0].metadata["tags"] = ["approximate"]
+    committed = nbformat.writes(loose)
+    assert build.up_to_date(committed, rebuilt("largest difference 0.03; loss 4.8\n"))
+    assert not build.up_to_date(committed, rebuilt("largest difference 0.06; loss 4.464649\n"))
 
 
 def test_every_lesson_source_has_its_committed_notebook_and_the_other_way_round():
@@ -146,7 +175,7 @@ def test_every_lesson_source_has_its_committed_notebook_and_the_other_way_round(
 def test_each_lesson_runs_in_a_fresh_process_and_its_notebook_is_up_to_date(source, tmp_path):
     # a new interpreter started elsewhere: nothing of this test session (imports, seeds, the
     # working directory) can make a lesson pass. build.py --check runs every cell (so every
-    # check cell) and compares the result with the committed notebook, byte for byte
+    # check cell) and compares the result with the committed notebook (numbers to a tolerance)
     command = [sys.executable, str(ROOT / "lessons" / "build.py"), "--check", source.name[:2]]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)  # a bound, not a speed test
     assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-3000:]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from coca_min.words import with_article
 
-from .datasets import CaptionDataset, preprocess, read_image
+from .datasets import CaptionDataset, crop_and_resize, crop_generator, read_image
 
 
 class ImageFiles(CaptionDataset):
@@ -52,12 +52,15 @@ class ImageFiles(CaptionDataset):
         self.image_size, self.strict, self.failed = image_size, strict, 0
 
     def load(self, i):
-        """(3, S, S) preprocessed pixels of file i; an error that names the file."""
+        """(3, S, S) uint8 pixels of file i, cropped and resized (`datasets.normalize` makes them
+        model input); an error that names the file. A training crop is drawn from (seed, epoch,
+        i): the same in any worker and after a resume."""
         try:
             pixels = read_image(self.paths[i])
         except Exception as error:
             raise OSError(f"could not decode {self.paths[i]} ({error})") from error
-        return preprocess(pixels, self.image_size, self.train)
+        crop = crop_generator(self.seed, self.epoch, i, 1) if self.train else None  # 1: not the caption's stream
+        return crop_and_resize(pixels, self.image_size, self.train, crop)
 
     def __getitem__(self, index):
         attempts = len(self) if self.train else 1  # evaluation: this image or none

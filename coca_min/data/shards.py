@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import collate, preprocess, read_image
+from .datasets import collate, crop_and_resize, read_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 
@@ -150,7 +150,7 @@ def all_captions(source) -> list[str]:
 
 
 class ShardReader(torch.utils.data.IterableDataset):
-    """Items (image (3, S, S), tokens (T,), (shard name, index)) of the shards in `source` (a
+    """Items (uint8 image (3, S, S), tokens (T,), (shard name, index)) of the shards in `source` (a
     folder of NNNNNN.tar or a list of paths). `done` ({shard name: samples consumed}) resumes
     an epoch; `rank` and `world` default to torch.distributed's."""
 
@@ -202,7 +202,7 @@ class ShardReader(torch.utils.data.IterableDataset):
                 caption = captions[int(rng.integers(len(captions))) if self.train else 0]
                 tokens = torch.tensor(self.tokenizer.encode(caption, self.context_length, pad=False))
                 crop = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
-                yield preprocess(pixels, self.image_size, self.train, crop), tokens, (path.name, index)
+                yield crop_and_resize(pixels, self.image_size, self.train, crop), tokens, (path.name, index)
             if bad or broken:
                 self.skipped += len(bad)
                 first = f" ({bad[0]}{', ...' if len(bad) > 1 else ''})" if bad else ""
@@ -210,9 +210,10 @@ class ShardReader(torch.utils.data.IterableDataset):
                 warnings.warn(f"{path.name}: " + "; ".join(said))
 
 
-def shard_collate(batch, pad_id=0):
-    """[(image, tokens, place), ...] -> images (B, 3, S, S), tokens (B, T) padded, places [(shard, index)]."""
-    images, tokens = collate([(image, t) for image, t, _ in batch], pad_id)
+def shard_collate(batch, pad_id=0, multiple=1, context_length=None):
+    """[(image, tokens, place), ...] -> images (B, 3, S, S), tokens (B, T) padded (`collate`),
+    places [(shard, index)]."""
+    images, tokens = collate([(image, t) for image, t, _ in batch], pad_id, multiple, context_length)
     return images, tokens, [place for _, _, place in batch]
 
 

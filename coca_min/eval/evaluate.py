@@ -21,7 +21,7 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from coca_min.data.datasets import TinyShapes
+from coca_min.data.datasets import TinyShapes, normalize
 from coca_min.data.synthetic import shapes
 from coca_min.data.tokenizer import drop_padding_columns
 from coca_min.model.generate import caption
@@ -56,7 +56,7 @@ def image_batches(dataset, batch_size=256, desc="images"):
         left_out += [i for i, item in zip(indices, items) if item is None]
         kept = [(i, item[0]) for i, item in zip(indices, items) if item is not None]
         if kept:
-            yield torch.stack([image for _, image in kept]), torch.tensor([i for i, _ in kept])
+            yield normalize(torch.stack([image for _, image in kept])), torch.tensor([i for i, _ in kept])  # files: uint8
     if left_out and len(left_out) == len(dataset):
         raise ValueError(f"none of the {len(dataset)} images of this data set could be read")
     if left_out:

@@ -50,8 +50,9 @@ class CoCa(nn.Module):
         self.image_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
         self.text_decoder = TextDecoder(c)
         # learnable temperature: s = exp(log_logit_scale) = 1/σ, starting at 1/0.07, at most 100
-        # (`clamp_logit_scale_`, after each optimizer step)
-        self.log_logit_scale = nn.Parameter(torch.empty(()))
+        # (`clamp_logit_scale_`, after each optimizer step). Shape (1,), not a 0-d scalar: FSDP2
+        # (`fully_shard`) shards and averages it like any other parameter; a 0-d one it cannot
+        self.log_logit_scale = nn.Parameter(torch.empty(1))
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -63,6 +64,10 @@ class CoCa(nn.Module):
                 init(module)  # each module's own parameters (this ties the LM head again)
         with torch.no_grad():
             self.log_logit_scale.fill_(math.log(1 / 0.07))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        upgrade_state_dict(state_dict, prefix)  # an older checkpoint's 0-d temperature
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     max_logit_scale = 100.0  # CLIP's cap on s = 1/σ: the temperature never goes below 0.01
 
@@ -101,8 +106,8 @@ class CoCa(nn.Module):
         """One pass for both losses. tokens (B, T) are `[BOS] w1 … wn [EOS] [PAD] …`.
 
         Returns a dict: image_embedding (B, E), text_embedding (B, E), logits (B, T-1, V) where
-        position t predicts tokens[:, t+1], and logit_scale (the scalar s = exp(log_logit_scale),
-        differentiable everywhere; training keeps it <= 100 with `clamp_logit_scale_`).
+        position t predicts tokens[:, t+1], and logit_scale (s = exp(log_logit_scale), one number
+        of shape (1,), differentiable everywhere; training keeps it <= 100 with `clamp_logit_scale_`).
         """
         self._check_images(images)
         self._check_tokens(tokens)
@@ -164,9 +169,12 @@ class CoCa(nn.Module):
                 f"tokens: expected at most context_length = {c.context_length} tokens per text; "
                 f"got {tokens.shape[1]}"
             )
-        # reading the ids costs one GPU->CPU sync, but an out-of-range id on a GPU is otherwise a
-        # cryptic device-side assert; torch.compile skips the check (it cannot branch on data)
-        if tokens.numel() == 0 or tokens.is_meta or torch.compiler.is_compiling():
+        # Reading the ids makes the CPU wait for a GPU, but an out-of-range id on a GPU is otherwise
+        # a cryptic device-side assert. So the ids are read on the CPU, where it costs nothing, and
+        # in eval mode (a user's call); a training step on a GPU skips it (train.py's ids come from
+        # the tokenizer the config was made with), and so does torch.compile (no branch on data).
+        training_on_gpu = self.training and tokens.device.type != "cpu"
+        if tokens.numel() == 0 or tokens.is_meta or training_on_gpu or torch.compiler.is_compiling():
             return
         low, high = torch.aminmax(tokens)
         if low < 0 or high >= c.vocab_size:
@@ -174,6 +182,17 @@ class CoCa(nn.Module):
                 f"tokens: expected ids in [0, vocab_size = {c.vocab_size}); got ids from "
                 f"{low.item()} to {high.item()}"
             )
+
+
+def upgrade_state_dict(state_dict: dict, prefix: str = "") -> dict:
+    """A CoCa state dict of an older coca_min, in place: its temperature `log_logit_scale` was a
+    0-d parameter, and is now of shape (1,). `CoCa.load_state_dict` calls it; call it yourself
+    before loading a state dict some other way (FSDP2's `set_model_state_dict`). -> the dict."""
+    key = prefix + "log_logit_scale"
+    value = state_dict.get(key)
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        state_dict[key] = value.reshape(1)
+    return state_dict
 
 
 def count_parameters(model: CoCa) -> dict:

@@ -84,14 +84,13 @@ def all_gather_objects(value) -> list:
     return parts
 
 
-def broadcast_int(value: int, src=0) -> int:
-    """Rank `src`'s value on every rank (e.g. a planned number of steps: every rank must run as
-    many steps as rank 0, or the collectives of the extra steps wait forever)."""
+def broadcast_object(value, src=0):
+    """Rank `src`'s `value` (any picklable object) on every rank; `value` itself when not distributed."""
     if not is_distributed():
-        return int(value)
-    tensor = torch.tensor(int(value), device=device())
-    dist.broadcast(tensor, src=src)
-    return int(tensor.item())
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)  # under NCCL, through the current GPU
+    return box[0]
 
 
 def barrier():
@@ -124,14 +123,6 @@ def gather_with_grad(x):
     """(B, E) on each rank -> (W·B, E), rank r's rows at [r·B, (r+1)·B), with gradient: the
     `gather` of `coca_min.model.losses.contrastive_loss`."""
     return AllGatherWithGrad.apply(x)
-
-
-def mean_over_ranks(values: dict) -> dict:
-    """Average scalar tensors over ranks (for logging: the global batch's losses)."""
-    if world_size() == 1:
-        return {k: v.item() for k, v in values.items()}
-    stacked = all_reduce(torch.stack([v.detach().double() for v in values.values()]))
-    return dict(zip(values, (stacked / world_size()).tolist()))
 
 
 def leave_process_group() -> None:

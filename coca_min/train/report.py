@@ -13,7 +13,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from coca_min.data.datasets import TinyShapes, collate
+from coca_min.data.datasets import TinyShapes, collate, normalize
 from coca_min.eval.evaluate import (
     TINY_CLASSES,
     evaluate_captions,
@@ -33,8 +33,8 @@ def evaluate_during_training(model, tokenizer, val, args, config):
     (images with held-out pairs): what a run learns first, and what it does not."""
     model.eval()
     device = next(model.parameters()).device
-    images, tokens = collate([val[i] for i in range(min(len(val), 256))])
-    outputs = model(images.to(device), tokens.to(device))
+    images, tokens = collate([val[i] for i in range(min(len(val), 256))])  # images: uint8 from files
+    outputs = model(normalize(images.to(device)), tokens.to(device))
     losses = coca_loss(outputs, tokens.to(device), config.pad_id, args.caption_weight, args.contrastive_weight)
     out = {"val_loss": losses["loss"].item()}
     out.update(evaluate_retrieval(model, val, ks=(1,)))
@@ -95,10 +95,14 @@ class Progress:
         self.tty, self.enabled, self.every, self.desc = sys.stderr.isatty(), enabled, every, desc
         self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True) if enabled and self.tty else None
         self.last_line = time.monotonic()
+        self.figures = {}  # the losses and lr last read from the device (step.read_logs), as text
 
-    def update(self, step, total, **figures):
-        text = {k: f"{v:.3f}" if k != "lr" else f"{v:.2e}" for k, v in figures.items()}
-        text["pairs_s"] = f"{figures['pairs_s']:.0f}"
+    def show(self, **figures):
+        """The figures to show from now on (the losses are read every --log-every steps)."""
+        self.figures = {k: f"{v:.3f}" if k != "lr" else f"{v:.2e}" for k, v in figures.items()}
+
+    def update(self, step, total, pairs_s):
+        text = {**self.figures, "pairs_s": f"{pairs_s:.0f}"}
         if self.bar is not None:
             self.bar.total = total
             self.bar.set_postfix(text, refresh=False)

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from coca_min.checkpoint import config_of, read_checkpoint, save_checkpoint
-from coca_min.data.loader import ShardBatches
 from coca_min.schedule import FakeClock, Schedule, TimeBudget
 
 from . import distributed as D
@@ -57,8 +56,9 @@ def save(run, reason, weights=None) -> int:
         save_sharded(args.out / shards, run.model, run.optimizer)
     else:  # the optimizer state whole, on rank 0
         optimizer_state = gathered_optimizer_state(run.model, run.optimizer)
-    if isinstance(run.batches, ShardBatches):
-        state.data_positions = D.all_gather_objects(run.batches.position())
+    position = run.batches.position()  # None for EpochBatches: the step says where they are
+    if position is not None:  # tar shards: every rank's own place in its epoch
+        state.data_positions = D.all_gather_objects(position)
     state.train_seconds, state.lr_progress = run.budget.spent(), run.schedule.progress
     if run.setup.main:
         settings = {k: v for k, v in vars(args).items() if k not in ("given", "changed")}
@@ -107,11 +107,13 @@ def resume(saved, args, setup, model, optimizer, config) -> RunState:
     return state
 
 
-def read_resumed(path, device, preset):
+def read_resumed(path, preset):
     """The checkpoint to resume, read before the data is: a wrong file, one not written by
-    train.py or one of another model size ends the run in seconds, with one line."""
+    train.py or one of another model size ends the run in seconds, with one line. Its tensors
+    stay memory-mapped on the CPU (`read_checkpoint`): `resume` copies to each device what it
+    holds, so no GPU ever holds the whole run of a sharded one."""
     try:
-        saved = read_checkpoint(path, device)
+        saved = read_checkpoint(path)
     except (OSError, ValueError) as error:
         sys.exit(f"error: --resume: {error}")
     missing = [key for key in ("optimizer", "step", "total_steps", "history", "evaluations", "rng") if key not in saved]

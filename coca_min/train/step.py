@@ -41,24 +41,20 @@ def make_optimizer(model, args, fused=False):
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=fused)
 
 
-def train_step(run) -> dict:
+def train_step(run) -> bool:
     """One optimizer step: forward and backward over this rank's micro-batches (the loss of the
-    global batch, `forward_backward`), gradient clipping, the schedule's lr, AdamW, the temperature's
-    cap. -> the losses, averaged over ranks, and "stop" (a Ctrl-C on some rank)."""
+    global batch, `forward_backward`), gradient clipping, the schedule's lr, AdamW, the
+    temperature's cap. Its scalars stay on the device until `read_logs` (every --log-every
+    steps). -> whether the run stops here (a Ctrl-C, on any rank)."""
     args, state, t0 = run.args, run.state, time.monotonic()
-    micro_batches = [[t.to(run.setup.device, non_blocking=True) for t in next_batch(run)] for _ in range(args.accum)]
+    micro_batches = [list(next_batch(run)) for _ in range(args.accum)]  # on the device, normalised (loader.ToDevice)
     if args.nan_at_step == state.step + 1:
         micro_batches[0][0] = micro_batches[0][0] * float("nan")  # NaN pixels: a NaN loss, for the tests
     losses = forward_backward(run.wrapped, micro_batches, run.config.pad_id, args.caption_weight,
-                                args.contrastive_weight, run.setup.autocast)  # fmt: skip
-    logged = D.mean_over_ranks({**losses, "stop": torch.tensor(float(run.ctrl_c.requested), device=run.setup.device)})
-    if not math.isfinite(logged["loss"]):
-        stop(run, f"the loss is {logged['loss']} at step {state.step + 1} (contrastive {logged['contrastive']:.4g}, "
-                  f"caption {logged['caption']:.4g}); the model was not updated with it")  # fmt: skip
+                              args.contrastive_weight, run.setup.autocast, run.embed)  # fmt: skip
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip or float("inf"))
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
-    if not math.isfinite(grad_norm):  # finite loss, infinite gradient: do not step with it
-        stop(run, f"the gradient norm is {grad_norm} at step {state.step + 1}; the model was not updated with it")
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor; a collective, not a wait for the device
+        grad_norm = grad_norm.full_tensor()
     lr = run.schedule.lr(state.step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
@@ -66,14 +62,52 @@ def train_step(run) -> dict:
     run.optimizer.zero_grad(set_to_none=True)
     run.model.clamp_logit_scale_()  # s = 1/σ <= 100, on the parameter (a clamp in forward has no gradient)
     state.step += 1
-    state.history.append({"step": state.step, "lr": lr, **{k: logged[k] for k in ("loss", "contrastive", "caption")}})
-    planned = run.budget.step_done(state.step)
-    if planned is not None:  # every rank must run the same number of steps: rank 0's plan
-        state.total_steps = D.broadcast_int(planned)
+    run.unread.append({"step": state.step, "lr": lr, **losses, "grad_norm": grad_norm})
+    planned = run.budget.step_done(state.step)  # a time budget's plan (None: no plan yet, or --steps)
+    first_plan = planned is not None and state.total_steps is None  # several processes: rank 0's, read at once
+    if planned is not None and D.world_size() == 1:  # (several processes: rank 0's plan, in read_logs)
+        state.total_steps = planned
+    stopping = run.ctrl_c.requested and D.world_size() == 1
+    if stopping or first_plan or state.step == state.total_steps or state.step % args.log_every == 0:
+        stopping = read_logs(run, planned)
     run.schedule.advance(state.step, state.total_steps)
-    run.progress.update(state.step, state.total_steps, loss=logged["loss"], con=logged["contrastive"],
-                        cap=logged["caption"], lr=lr, pairs_s=args.batch_size / max(time.monotonic() - t0, 1e-9))  # fmt: skip
-    return logged
+    run.progress.update(state.step, state.total_steps, pairs_s=args.batch_size / max(time.monotonic() - t0, 1e-9))
+    return stopping
+
+
+def read_logs(run, planned=None) -> bool:
+    """Read the scalars of the steps since the last call from the device, in one transfer (and
+    one all-reduce: the ranks' mean losses, whether any rank had a Ctrl-C, rank 0's plan of a
+    time budget). Reading a GPU tensor makes the CPU wait for the GPU: once per --log-every
+    steps, not four times a step. Stops the run at a loss or gradient that is not finite. Every
+    rank calls it at the same steps. -> whether the run stops here (a Ctrl-C on some rank)."""
+    rows, run.unread, state = run.unread, [], run.state
+    keys = ("loss", "contrastive", "caption", "grad_norm")  # (the gradient norm is the same on every rank)
+    W = D.world_size()
+    on = D.device() if W > 1 else rows[0]["loss"].device if rows else torch.device("cpu")
+    plan = planned if planned is not None and D.rank() == 0 else 0.0
+    values = torch.stack([row[k].detach().double().reshape(()).to(on) for row in rows for k in keys]
+                         + [torch.tensor(float(run.ctrl_c.requested), dtype=torch.float64, device=on),
+                            torch.tensor(float(plan), dtype=torch.float64, device=on)])  # fmt: skip
+    if W > 1:
+        D.all_reduce(values)  # sums: of the losses, of the Ctrl-C flags, of rank 0's plan alone
+    values = values.tolist()  # the one wait for the device
+    requested, rank0_plan = values[-2:]
+    if W > 1 and planned is not None:
+        state.total_steps = int(rank0_plan)
+    for n, row in enumerate(rows):
+        read = dict(zip(keys, values[n * len(keys) : (n + 1) * len(keys)]))
+        read = {k: v / W for k, v in read.items()}  # the mean over ranks
+        if not math.isfinite(read["loss"]):
+            stop(run, f"the loss is {read['loss']} at step {row['step']} (contrastive {read['contrastive']:.4g}, "
+                      f"caption {read['caption']:.4g}); nothing since step {run.last_saved} is saved")  # fmt: skip
+        if not math.isfinite(read["grad_norm"]):  # a finite loss, an infinite gradient
+            stop(run, f"the gradient norm is {read['grad_norm']} at step {row['step']}; "
+                      f"nothing since step {run.last_saved} is saved")  # fmt: skip
+        state.history.append({"step": row["step"], "lr": row["lr"], **read})
+    if rows:
+        run.progress.show(loss=read["loss"], con=read["contrastive"], cap=read["caption"], lr=rows[-1]["lr"])
+    return requested > 0
 
 
 def next_batch(run):
@@ -97,7 +131,14 @@ def step_token_count(token_batches, pad_id):
     return D.all_reduce(n) if D.is_distributed() else n
 
 
-def forward_backward(model, batches, pad_id, caption_weight=2.0, contrastive_weight=1.0, autocast=nullcontext()):
+def embeddings(model, images, tokens):
+    """The contrastive embeddings (b, E) of one micro-batch's images and texts: what the first
+    pass of gradient accumulation keeps (trainer.py compiles it with --compile)."""
+    return model.encode_image(images)[0], model.encode_text(tokens)[0]
+
+
+def forward_backward(model, batches, pad_id, caption_weight=2.0, contrastive_weight=1.0, autocast=nullcontext(),
+                     embed=embeddings):  # fmt: skip
     """Forward and backward passes of one optimizer step over this rank's micro-batches
     [(images (b, 3, S, S), tokens (b, T)), …]; the gradients accumulate in the parameters (a DDP
     model syncs them on the last micro-batch). The loss is the CoCa loss of the step's global
@@ -116,7 +157,7 @@ def forward_backward(model, batches, pad_id, caption_weight=2.0, contrastive_wei
     over_processes = dict(gather=D.gather_with_grad if W > 1 else None, rank=D.rank(), world_size=W)
     if len(batches) > 1:
         with torch.no_grad(), autocast:
-            cached = [(plain.encode_image(images)[0], plain.encode_text(tokens)[0]) for images, tokens in batches]
+            cached = [embed(plain, images, tokens) for images, tokens in batches]
     logged = {"loss": 0.0, "contrastive": 0.0, "caption": 0.0}
     for j, (images, tokens) in enumerate(batches):
         last = j == len(batches) - 1

@@ -6,10 +6,10 @@ The step itself, the paper's objective over the global batch with AdamW, is `ste
 out: the paper's Adafactor with linear decay over 500k steps at batch 65,536 (§4.1), and the
 one epoch at 576 px that ends its pretraining.
 
-The file reads from top to bottom: `train`, then the set-up, the data, the model and its
-wrapping (FSDP2 or DDP, compile, activation checkpointing), the loop, the evaluations and saves.
-What a run prints and writes besides its checkpoint is report.py; saving and resuming,
-state.py; the streams of batches, `coca_min/data/loader.py`. Outputs in --out: ckpt.pt (atomic;
+The file reads from top to bottom: `train`, then the set-up, the model and its wrapping (FSDP2
+or DDP, compile, activation checkpointing), the loop, the evaluations and saves. The data sets,
+the tokenizer and the stream of batches are inputs.py's; what a run prints and writes besides
+its checkpoint, report.py's; saving and resuming, state.py's. Outputs in --out: ckpt.pt (atomic;
 with `--checkpoint sharded` also ckpt.shards/, each rank's shards of the weights and AdamW's
 state), history.json (losses and lr per step, evaluations), args.json (the arguments, which a
 --resume keeps), report.json, losses.png, lr.png, metrics.png (and confusion.png on the tiny set).
@@ -21,27 +21,29 @@ import random
 import signal
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from coca_min.config import PRESETS
-from coca_min.data.datasets import TinyShapes
-from coca_min.data.image_files import CaptionManifest, CocoCaptions
-from coca_min.data.loader import EpochBatches, ShardBatches, shard_position
-from coca_min.data.shards import ShardReader, all_captions
 from coca_min.data.tokenizer import Tokenizer
 from coca_min.model import CoCa
 from coca_min.schedule import Schedule, TimeBudget
 
 from . import distributed as D
+from .inputs import build_data, training_batches
 from .plots import plot_training
 from .report import Progress, evaluate_during_training, final_report
-from .sharding import gathered_weights, is_sharded, set_activation_checkpointing, shard_model
+from .sharding import (
+    gathered_weights,
+    is_sharded,
+    materialise,
+    set_activation_checkpointing,
+    shard_model,
+)
 from .state import RunState, plan, read_resumed, resume, save
-from .step import make_optimizer, train_step
+from .step import embeddings, make_optimizer, read_logs, train_step
 
 
 @dataclass
@@ -85,6 +87,8 @@ class Run:
     ctrl_c: "CtrlC"
     progress: "Progress" = None
     last_saved: int = 0  # the step of the last checkpoint
+    embed: object = embeddings  # --accum's first pass (step.forward_backward), compiled with --compile
+    unread: list = field(default_factory=list)  # the steps whose scalars are still on the device (step.read_logs)
 
     @property
     def ckpt_path(self):
@@ -93,26 +97,38 @@ class Run:
 
 def train(args):
     """Train as the checked arguments of train.py say (see its --help)."""
+    run = start(args)
+    with run.ctrl_c:  # first Ctrl-C: finish the step, save, exit; a second: at once
+        args.out.mkdir(parents=True, exist_ok=True)
+        run.last_saved = run.state.step if args.resume else save(run, "start")
+        training_loop(run)
+    weights = gathered_weights(run.model)  # under FSDP every rank gives its shards, rank 0 evaluates
+    if run.setup.main:
+        final_report(evaluation_model(run, weights), run.tokenizer, run.val_set, args, run.config, run.budget.spent(),
+                     run.state.step)  # fmt: skip
+    leave(run)
+
+
+def start(args) -> Run:
+    """Everything a run needs before its first step: the device and processes, the data and the
+    tokenizer, the model and its optimizer (a resumed run's state loaded into them), the
+    schedule, the stream of batches. (bench.py --trainer-step times the steps of such a run.)"""
     setup = set_up(args)
-    saved = read_resumed(args.out / "ckpt.pt", setup.device, PRESETS[args.size]) if args.resume else None  # before the data
+    saved = read_resumed(args.out / "ckpt.pt", PRESETS[args.size]) if args.resume else None  # before the data
     saved_tokenizer = Tokenizer.from_state(saved["tokenizer"]) if saved and saved.get("tokenizer") else None
     train_set, tokenizer, val_set, config = build_data(args, PRESETS[args.size], saved_tokenizer)
     model, optimizer = build_model(args, setup, config)
     if saved is not None:
         state = resume(saved, args, setup, model, optimizer, config)
+        del saved  # the checkpoint's memory-mapped tensors: copied where they belong
     else:
         state = RunState(total_steps=args.steps, budgeted=args.steps is None)
     schedule, budget = plan(args, state)
     run = Run(args, setup, config, tokenizer, val_set, model, wrap_for_training(model, setup), optimizer,
               training_batches(train_set, args, setup, state), state, schedule, budget, CtrlC())  # fmt: skip
-    with run.ctrl_c:  # first Ctrl-C: finish the step, save, exit; a second: at once
-        args.out.mkdir(parents=True, exist_ok=True)
-        run.last_saved = state.step if args.resume else save(run, "start")
-        training_loop(run)
-    weights = gathered_weights(model)  # under FSDP every rank gives its shards, rank 0 evaluates
-    if setup.main:
-        final_report(evaluation_model(run, weights), tokenizer, val_set, args, config, budget.spent(), state.step)
-    leave(run)
+    if setup.compile and not is_sharded(model):  # --accum's first pass, the encoders without gradient
+        run.embed = torch.compile(embeddings)
+    return run
 
 
 def leave(run):
@@ -150,65 +166,38 @@ def set_up(args) -> Setup:
                  micro_batch=args.batch_size // (world * args.accum))  # fmt: skip  (train.py checked that it divides)
 
 
-def build_data(args, config, saved_tokenizer=None):
-    """(train set, tokenizer, validation set or None, config with the tokenizer's vocab size).
-    The tokenizer: --tokenizer, else a resumed run's own, else one trained on the captions. A
-    file or row that cannot be used ends the run with one line (train.py checked the paths)."""
-    try:
-        if args.data == "tiny":
-            train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
-            val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 256)
-            return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)
-        tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else saved_tokenizer  # None: trained below
-        sets = {}
-        for name, path in [("train", args.data), ("val", args.val_data)]:  # each file in its own format
-            if name == "train" and Path(path).is_dir():  # a folder of tar shards, streamed (coca_min/data/shards.py)
-                sets[name] = ShardReader(path, tokenizer, config.image_size, config.context_length, seed=args.seed)
-                continue
-            kind = CocoCaptions if path and path.lower().endswith(".json") else CaptionManifest
-            sets[name] = kind(path, args.images, tokenizer, config.image_size, config.context_length,
-                              train=name == "train", strict=args.strict, seed=args.seed) if path else None  # fmt: skip
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")
-    if tokenizer is None:  # every rank trains the same tokenizer from the same captions: no communication
-        streamed = isinstance(sets["train"], ShardReader)
-        captions = all_captions(args.data) if streamed else [c for caps in sets["train"].captions for c in caps]
-        tokenizer = Tokenizer.train(captions, args.vocab_size)
-        for dataset in filter(None, sets.values()):
-            dataset.tokenizer = tokenizer  # read once (and their images checked once), before it existed
-    return sets["train"], tokenizer, sets["val"], replace(config, vocab_size=tokenizer.vocab_size)
-
-
 def build_model(args, setup, config):
     """(CoCa on its device, AdamW): sharded with FSDP2 (--fsdp) and recomputing its blocks'
     activations (--activation-checkpointing) as asked; the optimizer is made after sharding, on
-    the shards."""
-    model = CoCa(config).to(setup.device)
-    if args.fsdp:
-        shard_model(model, args.activation_checkpointing)
-    else:
+    the shards. Sharded, the model is built on the meta device, sharded (its blocks compiled
+    first with --compile, their parameters gathered in bf16 in a bf16 run), and then each rank's
+    shards are allocated and initialised: no process ever holds the whole model."""
+    if not args.fsdp:
+        model = CoCa(config).to(setup.device)
         set_activation_checkpointing(model, args.activation_checkpointing)
+        return model, make_optimizer(model, args, fused=setup.on_gpu)
+    with torch.device("meta"):
+        model = CoCa(config)
+    bf16 = isinstance(setup.autocast, torch.autocast) and setup.autocast.fast_dtype == torch.bfloat16
+    shard_model(model, args.activation_checkpointing, compile=setup.compile, param_dtype=torch.bfloat16 if bf16 else None)
+    materialise(model, setup.device)
     return model, make_optimizer(model, args, fused=setup.on_gpu)
 
 
 def wrap_for_training(model, setup):
-    """What the steps call: the model compiled (--compile), in DDP when there are several
-    processes and it is not sharded (FSDP2 averages the gradients itself)."""
-    wrapped = torch.compile(model) if setup.compile else model
-    if setup.world > 1 and not is_sharded(model):
-        wrapped = DistributedDataParallel(wrapped, device_ids=[setup.local_rank] if setup.on_gpu else None)
-    return wrapped
-
-
-def training_batches(train_set, args, setup, state):
-    """The stream of micro-batches (coca_min/data/loader.py), from where a resumed run left off."""
-    if isinstance(train_set, ShardReader):
-        position = shard_position(state.data_positions, setup.rank, setup.world)
-        return ShardBatches(train_set, setup.micro_batch, setup.workers, setup.on_gpu, position)
-    if len(train_set) // setup.world // setup.micro_batch < args.accum:
-        sys.exit(f"error: {len(train_set)} training pairs are fewer than one batch of {args.batch_size}")
-    return EpochBatches(train_set, setup.micro_batch, setup.rank, setup.world, args.seed, setup.workers,
-                        pin_memory=setup.on_gpu, drawn=state.step * args.accum)  # fmt: skip
+    """What the steps call. With several processes, DDP (unless FSDP2 shards the model: it
+    averages the gradients itself), its gradients views of the all-reduce buckets (no copy).
+    --compile compiles the DDP-wrapped model, not the model inside DDP: dynamo's DDPOptimizer
+    then splits the graph at the buckets, so each bucket's all-reduce overlaps the rest of the
+    backward pass (compiled inside DDP, the backward is one graph, and every all-reduce waits
+    for all of it). A sharded model's blocks were compiled by `shard_model`."""
+    if is_sharded(model):
+        return model
+    wrapped = model
+    if setup.world > 1:
+        wrapped = DistributedDataParallel(model, device_ids=[setup.local_rank] if setup.on_gpu else None,
+                                          gradient_as_bucket_view=True)  # fmt: skip
+    return torch.compile(wrapped) if setup.compile else wrapped
 
 
 def training_loop(run):
@@ -218,8 +207,7 @@ def training_loop(run):
     run.budget.not_training()  # the clock starts now, after loading and the first save
     run.wrapped.train()
     while run.state.total_steps is None or run.state.step < run.state.total_steps:
-        logged = train_step(run)
-        stopping = logged["stop"] > 0  # a Ctrl-C on any rank: every rank stops at this step
+        stopping = train_step(run)  # a Ctrl-C on any rank: every rank stops at this step
         if stopping or evaluation_due(run):
             evaluate_and_save(run, stopping)
         if stopping:
@@ -242,6 +230,7 @@ def evaluation_due(run) -> bool:
 def evaluate_and_save(run, stopping):
     """Evaluate on the validation subset (rank 0; not after a Ctrl-C), save, plot. Every rank
     calls it; the time it takes is not training time."""
+    read_logs(run)  # the steps' losses, checked (finite) before anything is saved
     weights = gathered_weights(run.model)  # FSDP: whole weights on rank 0, to evaluate and save
     if run.setup.main and run.val_set is not None and not stopping:
         model = evaluation_model(run, weights)

@@ -359,17 +359,17 @@ fig.tight_layout()
 # With DDP, CoCa's model states alone take 34 GB per GPU; sharding over 8 GPUs divides them by
 # 8, and checkpointing keeps 1/9.6 (base) to 1/13.2 (coca) of the activations.
 #
-# ### What `train.py` does, and the path to sharding
+# ### What `train.py` does
 #
-# `train.py` wraps the model in `DistributedDataParallel` under `torchrun`, and nothing else:
-# it has **no FSDP and no activation-checkpointing option** today. The path to both is
-# PyTorch's own: build the model on the meta device, call FSDP2's
-# `torch.distributed.fsdp.fully_shard` on each block (one all-gather per block) and then on the
-# whole model, move it with `to_empty(device="cuda")` and initialise each shard with
-# `CoCa.reset_parameters` (its docstring describes this use); wrap each block's call in
-# `checkpoint` (Check 6). One obstacle is left: `fully_shard` refuses 0-dimensional parameters,
-# and the learned scale `log_logit_scale` is one. The contrastive loss needs nothing new: FSDP
-# is still data parallel.
+# `train.py` wraps the model in `DistributedDataParallel` under `torchrun`, or with `--fsdp`
+# shards it with FSDP2 as torchtitan does (`coca_min/train/sharding.py`): it builds the model on
+# the meta device, calls `torch.distributed.fsdp.fully_shard` on each block (one all-gather per
+# block) and then on the whole model, moves it with `to_empty(device="cuda")` and initialises
+# each shard with `CoCa.reset_parameters`; no GPU ever holds the whole model. In bf16 the
+# blocks' weights are gathered in bf16 and their gradients reduced in fp32, the shards staying
+# fp32. `--activation-checkpointing` wraps each block's call in `checkpoint` (Check 6). The
+# learned scale `log_logit_scale` has shape (1,), not (): `fully_shard` cannot shard a
+# 0-dimensional parameter. The contrastive loss needs nothing new: FSDP is still data parallel.
 
 # %% [markdown]
 # ## 3. Mixed precision

@@ -378,7 +378,7 @@ print("equal to coca_min.eval.video.motion_probes")
 # Now the four probes on the 720 training clips, each for 400 steps of batch 12 at learning
 # rate 5e-3: many small steps, for the reason the loss curves below show.
 
-# %%
+# %% tags=["approximate"]
 motion, motion_probe, motion_losses = motion_accuracies(train_both, train_motion_both, test_both, test_motion_both,
                                                         steps=400, batch_size=12, lr=5e-3)  # fmt: skip
 for name, value in motion.items():
