@@ -321,18 +321,6 @@ def test_fsdp_training_resumes_a_sharded_checkpoint_to_the_same_next_step(tmp_pa
     assert model(torch.zeros(1, 3, 48, 48), torch.tensor([[1, 5, 6]]))["logits"].shape == (1, 2, model.config.vocab_size)
 
 
-@pytest.mark.compile
-def test_ddp_compiled_whole_trains_as_the_eager_ddp_run(tmp_path):
-    # torch.compile wraps the DDP model (dynamo's DDPOptimizer splits the graph at the buckets),
-    # with --accum 2 (its first pass compiled too) and text padded to a multiple of 8: the losses
-    # of the eager run, to float round-off
-    finish(torchrun("--out", tmp_path / "compiled", "--steps", 3, "--accum", 2, "--compile"),
-           torchrun("--out", tmp_path / "eager", "--steps", 3, "--accum", 2, "--no-compile"))  # fmt: skip
-    compiled, eager = ([h["loss"] for h in read_checkpoint(tmp_path / name / "ckpt.pt")["history"]]
-                       for name in ("compiled", "eager"))  # fmt: skip
-    assert len(compiled) == 3 and compiled == pytest.approx(eager, rel=1e-4)
-
-
 def write_manifest(folder, count=32, bad_row=True):
     """`count` tiny_data images as PNG files and a JSONL manifest of them (plus a row without a
     caption): real data on disk, as a user's would be."""
