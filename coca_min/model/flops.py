@@ -1,4 +1,4 @@
-"""The FLOPs of CoCa, counted from its config: what `bench.py` divides by to get MFU.
+"""The FLOPs of CoCa, counted from its config (bench.py prints it beside torch's own count).
 
 Not in the paper (which reports no throughput). Two FLOPs per multiply-add of the matrix
 products, the way MFU is usually counted (PaLM, nanoGPT); the elementwise work (LayerNorm,
