@@ -356,8 +356,8 @@ def bench_data(args, config):
     """Images/s of --steps batches from the loader's start (its workers' start-up counts)."""
     dataset, collate_fn = data_set(args, config)
     shuffle = not isinstance(dataset, torch.utils.data.IterableDataset)  # shards: shuffled by the reader
-    loader = torch.utils.data.DataLoader(dataset, args.batch_size, shuffle=shuffle, collate_fn=collate_fn,
-                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(dataset, args.batch_size, shuffle=shuffle, collate_fn=collate_fn, drop_last=True,
+                                         num_workers=args.workers, generator=torch.Generator().manual_seed(0))  # fmt: skip  (as training: whole batches)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # in-process as in a worker (DataLoader gives each one thread)
     try:
@@ -378,7 +378,10 @@ def bench_data(args, config):
           f"in {args.steps} batches, {seconds:.2f} s (the first after {first_s:.2f} s: start-up counts)")  # fmt: skip
     target = args.target_images_per_s
     what = " (base, batch 128)" if target == DATA_TARGET else ""
-    print(f"a GPU at {target:,.0f} images/s{what} needs about {math.ceil(target / per_worker)} workers of this machine")
+    print(f"a GPU at {target:,.0f} images/s{what} needs about {math.ceil(target / per_worker)} workers of this machine"
+          f" (decoding to {config.image_size} px, --size {args.size})")  # fmt: skip
+    if target == DATA_TARGET and args.size != "base":
+        print(f"  (1,500 images/s is base's rate, at {PRESETS['base'].image_size} px: measure with --size base)")
 
 
 # ---------------------------------------------------------------- the tokenizer

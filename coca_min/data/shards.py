@@ -180,8 +180,9 @@ class ShardReader(torch.utils.data.IterableDataset):
             order = [order[i] for i in shuffle]
         readers, me = world * workers, rank * workers + worker_id
         if len(order) < readers and me == 0 and self.epoch == 0:
-            warnings.warn(f"{len(order)} shards for {readers} readers ({world} ranks x {workers} workers): "
-                          "some readers get none; write smaller shards")  # fmt: skip
+            warnings.warn(f"{len(order)} shard{'s' * (len(order) != 1)} for {readers} readers ({world} ranks x {workers} "
+                          "workers): some readers get none; write smaller shards (python -m coca_min.data.shards "
+                          "--per-shard N) or use fewer workers")  # fmt: skip
         return order[me::readers]
 
     def __iter__(self):
