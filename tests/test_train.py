@@ -458,7 +458,7 @@ def test_a_collective_refuses_a_tensor_off_the_process_groups_device(monkeypatch
     assert sent == []  # refused before anything was sent
 
 
-def test_evaluation_during_training_reads_at_most_eval_images_of_every_split(tiny, monkeypatch):
+def test_evaluation_during_training_reads_at_most_eval_images_of_every_split(tiny, monkeypatch, tmp_path):
     # --eval-images bounds every split the quick evaluation reads (test_comp's 128 did not obey)
     read = []
     real = train_report.TinyShapes
@@ -468,9 +468,31 @@ def test_evaluation_during_training_reads_at_most_eval_images_of_every_split(tin
         return real(split, *args, limit=limit, **kwargs)
 
     monkeypatch.setattr(train_report, "TinyShapes", recording)
-    args = train.parse_args(["--eval-images", "8"])
+    args = train.parse_args(["--eval-images", "8", "--out", str(tmp_path / "run")])  # not the reader's out/tiny
     val = real("val", limit=8)
     figures = trainer.evaluate_during_training(tiny, val.tokenizer, val, args, tiny.config)
     assert {split for split, _ in read} == {"classes", "val", "test_comp"}
     assert all(limit is not None and limit <= 8 for _, limit in read), read
     assert 0 <= figures["caption_object_F1_comp"] <= 1
+
+
+def test_the_suites_train_py_arguments_never_name_the_readers_out_folder(tmp_path, monkeypatch):
+    # A reader who ran `python train.py --size tiny` has out/tiny/ckpt.pt; a test that parsed
+    # train.py's arguments with the default --out found that run and exited. So every call of
+    # train.parse_args / train.main in the tests gives --out (or only asks for --help) ...
+    calls = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for function, call in calls_by_function(ast.parse(path.read_text())):
+            here = function == "test_the_suites_train_py_arguments_never_name_the_readers_out_folder"  # (below, on purpose)
+            if ast.unparse(call.func) in ("train.parse_args", "train.main") and call.args and not here:
+                text = ast.unparse(call.args[0])
+                if "'--out'" not in text and "'--help'" not in text:
+                    calls.append(f"{path.name}:{call.lineno} {text[:80]}")
+    assert not calls, calls
+    # ... and with a reader's run in out/tiny of the working folder, such arguments still parse
+    (tmp_path / "out" / "tiny").mkdir(parents=True)
+    (tmp_path / "out" / "tiny" / "ckpt.pt").write_bytes(b"the reader's run")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):  # what the old test met
+        train.parse_args(["--eval-images", "8"])
+    assert train.parse_args(["--eval-images", "8", "--out", str(tmp_path / "run")]).eval_images == 8
