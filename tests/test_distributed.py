@@ -36,10 +36,23 @@ def micro():
     return model, images, tokens
 
 
-def worker(rank, world, port, result_file, accum):
+def join(rank, world, port):
+    """A worker's start: a gloo process group on the loopback address, one thread."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
+
+
+def leave(rank, result, result_file):
+    """A worker's end: rank 0 saves `result` for the test to read, then every rank leaves together."""
+    if rank == 0:
+        torch.save(result, result_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def worker(rank, world, port, result_file, accum):
+    join(rank, world, port)
     model, images, tokens = micro()
     ddp = DistributedDataParallel(model)
     shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
@@ -52,10 +65,7 @@ def worker(rank, world, port, result_file, accum):
         parts = [(i, t) for i, t in zip(images[shard].chunk(accum), tokens[shard].chunk(accum))]
         losses = forward_backward(ddp, parts, pad_id=0)
     logged = {k: all_reduce(v.detach().clone()).item() / world for k, v in losses.items()}  # the global batch's
-    if rank == 0:
-        torch.save((logged, {n: p.grad for n, p in model.named_parameters()}), result_file)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(rank, (logged, {n: p.grad for n, p in model.named_parameters()}), result_file)
 
 
 def free_port():
@@ -109,9 +119,7 @@ def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
         shard_model,
     )
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    join(rank, world, port)
     model, images, tokens = micro()
     if fsdp:
         shard_model(model, activation_checkpointing=checkpointing)
@@ -145,10 +153,7 @@ def sharded_worker(rank, world, port, result_file, fsdp, checkpointing, accum):
             reloaded.append((gathered_weights(again), gathered_optimizer_state(again, optimizer_again)))
     else:
         weights, reloaded = {n: p.detach() for n, p in model.module.state_dict().items()}, []
-    if rank == 0:
-        torch.save({"model": weights, "optimizer": state, "reloaded": reloaded}, result_file)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(rank, {"model": weights, "optimizer": state, "reloaded": reloaded}, result_file)
 
 
 @pytest.mark.distributed
@@ -263,9 +268,7 @@ def meta_bf16_worker(rank, world, port, result_file):
     from coca_min.train.sharding import gathered_weights, is_sharded
     from coca_min.train.trainer import Setup, build_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    join(rank, world, port)
     setup = Setup(torch.device("cpu"), rank, world, rank, autocast=torch.autocast("cpu", dtype=torch.bfloat16),
                   compile=False, workers=0, micro_batch=4)  # fmt: skip  (a bf16 run, as set_up makes it)
     args = SimpleNamespace(fsdp=True, activation_checkpointing=False, lr=1e-3, weight_decay=0.1, image_lr_scale=1.0)
@@ -286,10 +289,7 @@ def meta_bf16_worker(rank, world, port, result_file):
     result = {"built": built, "seen": seen, "loss": losses["loss"].item(), "grad": grad,
               "dtypes": {p.dtype for p in model.parameters()} | {p.grad.dtype for p in model.parameters()}
               | {v.dtype for s in optimizer.state.values() for k, v in s.items() if k != "step"}}  # fmt: skip
-    if rank == 0:
-        torch.save(result, result_file)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(rank, result, result_file)
 
 
 @pytest.mark.distributed
@@ -327,9 +327,7 @@ def test_fsdp_builds_on_the_meta_device_and_gathers_its_blocks_in_bf16(tmp_path)
 def compiled_worker(rank, world, port, result_file):
     from coca_min.train.sharding import gathered_weights, shard_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    join(rank, world, port)
     model, images, tokens = micro()
     shard_model(model, compile=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-6)
@@ -337,10 +335,7 @@ def compiled_worker(rank, world, port, result_file):
     forward_backward(model, [(images[shard], tokens[shard])], pad_id=0)
     optimizer.step()
     weights = gathered_weights(model)
-    if rank == 0:
-        torch.save(weights, result_file)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave(rank, weights, result_file)
 
 
 @pytest.mark.compile
