@@ -34,7 +34,7 @@ from coca_min.data.synthetic import shapes
 
 MANIFESTS = (".jsonl", ".csv", ".json")  # a manifest, or COCO caption JSON
 MIN_VOCAB = 3 + 256  # the tokenizer's specials and bytes (tokenizer.py)
-DEFAULT_MINUTES = 3.75
+DEFAULT_MINUTES = 2.25
 
 count = ranged(int, minimum=1)  # 1, 2, …
 non_negative_int = ranged(int, minimum=0)
@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer", help="tokenizer .json (real data; default: train one on the captions)")
     p.add_argument("--strict", action="store_true", help="real data: stop at a bad row or image instead of skipping it")
     p.add_argument("--vocab-size", type=ranged(int, minimum=MIN_VOCAB), help="size of a tokenizer trained here (default: 32000)")
+    p.add_argument("--recombine", action=argparse.BooleanOptionalAction, default=True,
+                   help="tiny set: each epoch, move each training image's objects to new cells and give them new "
+                   "colours of their seen pairs (never a held-out one), captions to match")  # fmt: skip
     p.add_argument("--batch-size", type=count, default=64, help="pairs per optimizer step, over all processes")
     p.add_argument("--accum", type=count, default=1, help="gradient accumulation steps")
     p.add_argument("--lr", type=positive, default=2e-3, help="peak learning rate (AdamW)")
@@ -137,6 +140,8 @@ def data_problem(args):
         if PRESETS[args.size].image_size != shapes.IMAGE_SIZE:
             return (f"--size {args.size} takes {PRESETS[args.size].image_size} px images, but tiny_data's are "
                     f"{shapes.IMAGE_SIZE} px; give --data FILE --images DIR, or --size tiny")  # fmt: skip
+    elif "recombine" in args.given:
+        return "--recombine is for the tiny set (--data tiny): it redraws tiny_data's scenes"
     elif Path(args.data).is_dir():  # tar shards
         if not any(Path(args.data).glob("*.tar")):
             return f"--data: {args.data} is a folder without .tar shards (write them with python -m coca_min.data.shards)"

@@ -33,7 +33,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # train.py's settings that a resumed run takes from OUT/args.json unless they are given again
-RUN_SETTINGS = ["size", "data", "images", "val_data", "tokenizer", "strict", "vocab_size", "batch_size", "accum", "lr",
+RUN_SETTINGS = ["size", "data", "images", "val_data", "tokenizer", "strict", "vocab_size", "recombine", "batch_size", "accum", "lr",
                 "image_lr_scale", "min_lr_ratio", "weight_decay", "grad_clip", "caption_weight", "contrastive_weight",
                 "seed", "dtype", "fsdp", "activation_checkpointing", "checkpoint"]  # fmt: skip
 

@@ -274,6 +274,7 @@ TRAIN_CASES = [  # (id, arguments (paths relative to tmp_path), words the line m
      "fsdp_run is a run with --fsdp: resume it under torchrun --nproc-per-node N (N >= 2), or give --no-fsdp"),
     ("a folder without shards", ["--data", "empty"], "--data: empty is a folder without .tar shards (write them with"),
     ("strict with shards", ["--data", "shards", "--strict"], "--strict is for a manifest or COCO json; from shards"),
+    ("recombine with shards", ["--data", "shards", "--recombine"], "--recombine is for the tiny set (--data tiny)"),
     ("val-data with shards, no images", ["--data", "shards", "--val-data", "pairs.jsonl"], "--val-data needs --images DIR"),
 ]
 TRAIN_CASES_AFTER_TORCH = [  # these need torch (a checkpoint to read, a GPU to look for) or the data

@@ -52,12 +52,12 @@ def test_tiny_batched_fetch_equals_item_by_item():
     assert torch.equal(tokens, collate([train[i] for i in indices])[1])
 
 
-def test_tiny_training_draws_the_canonical_caption_two_times_in_three():
+def test_tiny_training_draws_the_canonical_caption_four_times_in_five():
     train = TinyShapes("train")
     counts = np.bincount([train.caption_index(i) for i in range(6000)], minlength=3) / 6000
     # binomial standard deviation at n = 6000 is under 0.007: 0.03 is over 4 of them
     expected = np.array(TinyShapes.caption_weights) / sum(TinyShapes.caption_weights)
-    assert expected.tolist() == [4 / 6, 1 / 6, 1 / 6]
+    assert expected.tolist() == [8 / 10, 1 / 10, 1 / 10]
     assert np.abs(counts - expected).max() < 0.03
     val = TinyShapes("val")
     assert {val.caption_index(i) for i in range(50)} == {0}  # evaluation: the first (canonical)

@@ -133,3 +133,57 @@ def test_png_export_is_a_manifest_that_reads_back_the_same_images(tmp_path):
     assert files.captions == test.captions  # every caption of each image, in order
     for i in range(5):  # PNG is lossless and 48 px needs no resizing: the very same pixels
         assert torch.equal(normalize(files.load(i)), test.images([i])[0])  # load: uint8
+
+
+def _one_object_block(obj, jy, jx):
+    """The 16 px cell of one object drawn alone at jitter (jy, jx), as render draws it."""
+    alone = np.full((3, 5), shapes.NO_OBJECT, dtype=np.int8)
+    alone[0] = [obj[0], obj[1], obj[2], 0, 0]
+    return shapes.render(alone, np.array([[jy, jx], [0, 0], [0, 0]]))[: shapes.CELL, : shapes.CELL]
+
+
+def test_a_recombined_scene_is_a_rendering_of_its_objects_and_never_a_held_out_pair(committed):
+    train = committed["train"]
+    rng = np.random.default_rng(0)
+    moved_cells, new_colours, pairs = 0, 0, set()
+    for i in range(300):
+        image, objects = shapes.recombine(train["pixels"][i], train["objects"][i], rng)
+        before = [o for o in train["objects"][i] if o[0] != shapes.NO_OBJECT]
+        after = [o for o in objects if o[0] != shapes.NO_OBJECT]
+        # the same objects (shape, size), in distinct cells in raster order, each a seen pair
+        assert sorted((o[0], o[2]) for o in before) == sorted((o[0], o[2]) for o in after)
+        assert [(o[3], o[4]) for o in after] == sorted({(o[3], o[4]) for o in after})
+        for o in after:
+            assert (shapes.COLOURS[o[1]], shapes.SHAPES[o[0]]) in shapes.SEEN
+            pairs.add((o[1], o[0]))
+        moved_cells += {(o[3], o[4]) for o in before} != {(o[3], o[4]) for o in after}
+        new_colours += sorted(o[1] for o in before) != sorted(o[1] for o in after)
+        # the pixels: each object's cell is that object drawn alone at some jitter, the rest empty
+        cells = image.reshape(3, shapes.CELL, 3, shapes.CELL).transpose(0, 2, 1, 3)  # (3, 3, 16, 16)
+        for o in after:
+            block = cells[o[3], o[4]]
+            assert any(np.array_equal(block, _one_object_block(o, jy, jx)) for jy in (-1, 0, 1) for jx in (-1, 0, 1))
+        occupied = {(int(o[3]), int(o[4])) for o in after}
+        assert all(not cells[r, c].any() for r in range(3) for c in range(3) if (r, c) not in occupied)
+        # the captions describe the new scene
+        assert shapes.parse_caption(shapes.scene_captions(objects, rng)[0]) == [tuple(int(x) for x in o) for o in after]
+    assert moved_cells > 250 and new_colours > 200  # it does recombine
+    assert len(pairs) == len(shapes.SEEN)  # every seen pair is drawn, no held-out one
+
+
+def test_training_recombines_each_epoch_and_evaluation_never(committed):
+    from coca_min.data.datasets import TinyShapes
+
+    train = TinyShapes("train", train=True, seed=3, limit=64, recombine=True)
+    first = train.__getitems__(list(range(8)))
+    again = TinyShapes("train", train=True, seed=3, limit=64, recombine=True).__getitems__(list(range(8)))
+    for (a, ta), (b, tb) in zip(first, again):  # a function of (seed, epoch, index): the same in any worker
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+    train.set_epoch(1)
+    later = train.__getitems__(list(range(8)))
+    assert sum(not torch.equal(a, b) for (a, _), (b, _) in zip(first, later)) >= 6  # a new scene each epoch
+    plain = TinyShapes("train", train=True, seed=3, limit=64)
+    assert torch.equal(plain.__getitems__([5])[0][0], plain.images([5])[0])
+    for split in ["val", "test", "test_comp", "classes"]:  # evaluation sets are never redrawn
+        data = TinyShapes(split, limit=8, recombine=True)
+        assert torch.equal(torch.stack([x for x, _ in data.__getitems__(list(range(8)))]), data.images(list(range(8))))

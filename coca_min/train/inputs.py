@@ -23,7 +23,8 @@ def build_data(args, config, saved_tokenizer=None):
     file or row that cannot be used ends the run with one line (train.py checked the paths)."""
     try:
         if args.data == "tiny":
-            train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed)
+            train = TinyShapes("train", context_length=config.context_length, train=True, seed=args.seed,
+                               recombine=args.recombine)
             val = TinyShapes("val", train.tokenizer, config.context_length, limit=args.eval_images or 256)
             return train, train.tokenizer, val, replace(config, vocab_size=train.tokenizer.vocab_size)
         tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else saved_tokenizer  # None: trained below

@@ -19,7 +19,7 @@
 # machine a second thread mostly waits), the versions; the trained model shipped with the
 # lessons (`lessons/assets/tiny_coca.pt`, see `lessons/README.md`) and its tokenizer; eight
 # held-out `test` images, encoded once. Each scene has three reference captions (lesson 00); the
-# first, the *canonical* one, is the form training draws two times in three (`TinyShapes`), so
+# first, the *canonical* one, is the form training draws four times in five (`TinyShapes`), so
 # the model prefers it.
 
 # %%
