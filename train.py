@@ -34,7 +34,7 @@ from coca_min.data.synthetic import shapes
 
 MANIFESTS = (".jsonl", ".csv", ".json")  # a manifest, or COCO caption JSON
 MIN_VOCAB = 3 + 256  # the tokenizer's specials and bytes (tokenizer.py)
-DEFAULT_MINUTES = 2.25
+DEFAULT_MINUTES = 3.75
 
 count = ranged(int, minimum=1)  # 1, 2, …
 non_negative_int = ranged(int, minimum=0)
