@@ -391,8 +391,9 @@ fig.tight_layout()
 #
 # The model in `assets/tiny_coca.pt` was trained by
 # `python train.py --size tiny --steps 1123 --eval-every 40 --out out/lesson_run`: the step
-# above with train.py's defaults (64 pairs a step, peak learning rate 2e-3, weight decay 0.05,
-# clipping at 1.0, warm-up over 5% of the steps). Its log, `assets/tiny_coca_history.json`,
+# above with train.py's defaults of that day (64 pairs a step, peak learning rate 2e-3, weight
+# decay 0.05, clipping at 1.0, warm-up over 5% of the steps; its scenes were not yet recombined,
+# and the canonical caption came two times in three). Its log, `assets/tiny_coca_history.json`,
 # holds every step's losses and learning rate and, every 40 steps and at the end, quick
 # evaluations on small subsets (`evaluate_during_training`): the loss on 256 `val` pairs and
 # retrieval among their images' 768 captions, zero-shot on 400 `classes` images, and greedy
