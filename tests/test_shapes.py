@@ -9,6 +9,7 @@ import torch
 
 from coca_min.data.datasets import TINY_DATA, normalize
 from coca_min.data.synthetic import shapes
+from coca_min.data.synthetic.recombine import recombine
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_a_recombined_scene_is_a_rendering_of_its_objects_and_never_a_held_out_p
     rng = np.random.default_rng(0)
     moved_cells, new_colours, pairs = 0, 0, set()
     for i in range(300):
-        image, objects = shapes.recombine(train["pixels"][i], train["objects"][i], rng)
+        image, objects = recombine(train["pixels"][i], train["objects"][i], rng)
         before = [o for o in train["objects"][i] if o[0] != shapes.NO_OBJECT]
         after = [o for o in objects if o[0] != shapes.NO_OBJECT]
         # the same objects (shape, size), in distinct cells in raster order, each a seen pair

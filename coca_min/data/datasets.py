@@ -14,7 +14,7 @@ once (they are in memory, and tiny).
 
 The tiny set's training images can be recombined (`recombine=True`, train.py's default): each
 epoch moves each image's objects to new cells and gives them new colours of their seen pairs,
-with captions to match (`synthetic/shapes.recombine`; never a held-out pair).
+with captions to match (`synthetic/recombine.py`; never a held-out pair).
 
 Left out: torchvision (everything here is a few lines of torch), colour jitter and flips on
 real images (a flip would turn "left" into "right" in the captions).
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .synthetic import shapes
+from .synthetic.recombine import recombine
 from .tokenizer import PAD, Tokenizer
 
 TINY_DATA = Path(__file__).resolve().parents[2] / "tiny_data"  # coca_min/data/ is two below the repository
@@ -109,6 +110,12 @@ def collate(batch, pad_id: int = PAD, multiple: int = 1, context_length: int | N
     return images, F.pad(tokens, (0, length - tokens.shape[1]), value=pad_id)
 
 
+def palette_images(palette, pixels) -> torch.Tensor:
+    """(9, 3) uint8 palette, (N, 48, 48) palette indices -> normalised RGB images (N, 3, 48, 48)."""
+    rgb = palette[pixels.long()]  # (N, 48, 48, 3) uint8
+    return ((rgb.permute(0, 3, 1, 2).float() / 255) - MEAN) / STD
+
+
 class CaptionDataset(torch.utils.data.Dataset):
     """Items are images, each with one or more captions; one caption is drawn per epoch. The
     tokenizer may be None at first and set later (train.py trains one on `.captions`)."""
@@ -154,7 +161,7 @@ class TinyShapes(CaptionDataset):
     0.52 on held-out pairs at 600 steps (recombined, seeds 0 and 1) and cost zero-shot 0.84 -> 0.80.
 
     With `recombine` (training only), an image is each epoch a new scene of the same objects
-    (`shapes.recombine`: new cells, new colours of seen pairs, the captions rewritten), drawn
+    (`synthetic/recombine.py`: new cells, new colours of seen pairs, the captions rewritten), drawn
     from (seed, epoch, index) like the caption."""
 
     caption_weights = (8, 1, 1)  # canonical, existential, relational
@@ -173,17 +180,11 @@ class TinyShapes(CaptionDataset):
             captions = data["captions"][:limit].tolist()  # (N, 3) str
         super().__init__(captions, tokenizer, context_length, split == "train" if train is None else train, seed)
         self.palette = torch.from_numpy(shapes.PALETTE)  # (9, 3) uint8
-        self.normalised_palette = ((self.palette.T.float() / 255 - MEAN[:, 0]) / STD[:, 0]).T.contiguous()  # (9, 3)
         self.recombine = recombine  # training: each epoch, each image's objects in new cells and colours
 
     def images(self, indices) -> torch.Tensor:
         """Normalised images (len(indices), 3, 48, 48), decoded in one vectorised lookup."""
-        return self.normalised(self.pixels[indices])
-
-    def normalised(self, pixels) -> torch.Tensor:
-        """(N, 48, 48) palette indices -> normalised RGB images (N, 3, 48, 48): a lookup in the
-        normalised palette, nine colours normalised once."""
-        return self.normalised_palette[pixels.long()].permute(0, 3, 1, 2)  # (N, 48, 48, 3) -> (N, 3, 48, 48)
+        return palette_images(self.palette, self.pixels[indices])
 
     def __getitem__(self, index):
         return self.__getitems__([index])[0]
@@ -194,8 +195,8 @@ class TinyShapes(CaptionDataset):
         pixels, tokens = [], []
         for i in indices:  # this epoch's scene of image i: its own stream, the same in any worker
             rng = np.random.default_rng([self.seed, self.epoch, i, 2])
-            image, objects = shapes.recombine(self.pixels[i].numpy(), self.objects[i], rng)
+            image, objects = recombine(self.pixels[i].numpy(), self.objects[i], rng)
             text = shapes.scene_captions(objects, rng)[self.caption_index(i)]
             pixels.append(torch.from_numpy(image))
             tokens.append(torch.tensor(self.tokenizer.encode(text, self.context_length, pad=False)))
-        return list(zip(self.normalised(torch.stack(pixels)), tokens))
+        return list(zip(palette_images(self.palette, torch.stack(pixels)), tokens))

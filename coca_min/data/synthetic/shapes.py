@@ -19,8 +19,8 @@ relational ("a red circle is left of a blue square"). Eight colour-shape pairs (
 occur in `train`, `val` or `test`; every `test_comp` image has at least one: the compositional
 test.
 
-`recombine` redraws a training scene for augmentation: the same objects in new cells, each in a
-new colour of its seen pairs (never a held-out one), with `scene_captions` to describe it.
+`recombine.py` redraws a training scene for augmentation (the same objects in new cells and
+colours), and `scene_captions` describes it.
 
     python -m coca_min.data.synthetic.shapes --out tiny_data      # regenerates tiny_data/ exactly
 
@@ -164,36 +164,6 @@ def scene_captions(objects, rng) -> list[str]:
             f"{_noun(a)} is {_relation(a, b)} {_noun(b)}" for a, b in zip(order, order[1:])
         )
     return [canonical_caption(objs), existential, relational]
-
-
-SEEN_COLOURS = [[COLOURS.index(c) for c in COLOURS if (c, s) in SEEN] for s in SHAPES]  # per shape
-
-
-def recombine(pixels, objects, rng):
-    """A new training scene from one of `train`: the same objects (shape, size, jitter), each in a
-    random cell and a random colour of its seen pairs, never a HELD_OUT pair. (48, 48) palette
-    indices, (3, 5) objects -> the new (pixels, objects in raster order).
-
-    Exact, not approximate: every object lies inside its own 16 px cell (off the cell's first
-    row and column), so moving whole cells moves whole objects, and a recoloured object is its
-    cell's pixels of one palette index changed to another."""
-    cells = pixels.reshape(3, CELL, 3, CELL).transpose(0, 2, 1, 3).reshape(9, CELL, CELL)  # (9, 16, 16)
-    placed = [o for o in objects if o[0] != NO_OBJECT]
-    targets = _shuffled(rng, 9)[: len(placed)]  # a new cell for each object
-    out_cells = np.zeros_like(cells)
-    out = np.full_like(objects, NO_OBJECT)
-    moved = []
-    for obj, target in zip(placed, targets):
-        shape, colour = int(obj[0]), int(obj[1])
-        choices = SEEN_COLOURS[shape]
-        new_colour = choices[int(rng.integers(len(choices)))]
-        block = cells[3 * obj[3] + obj[4]]
-        out_cells[target] = np.where(block == 1 + colour, 1 + new_colour, block)
-        moved.append([shape, new_colour, obj[2], target // 3, target % 3])
-    for i, row in enumerate(sorted(moved, key=lambda o: (o[3], o[4]))):  # raster order
-        out[i] = row
-    image = out_cells.reshape(3, 3, CELL, CELL).transpose(0, 2, 1, 3).reshape(3 * CELL, 3 * CELL)
-    return image, out
 
 
 _PHRASE = re.compile(
