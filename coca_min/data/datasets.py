@@ -142,9 +142,12 @@ class CaptionDataset(torch.utils.data.Dataset):
         return int(np.searchsorted(np.cumsum(weights), draw, side="right"))  # caption whose share holds it
 
     def tokens(self, index: int) -> torch.Tensor:
+        return self.encode(self.captions[index][self.caption_index(index)])
+
+    def encode(self, text: str) -> torch.Tensor:
+        """One caption's token ids (T,), [BOS] … [EOS], unpadded (collate pads the batch)."""
         if self.tokenizer is None:
             raise ValueError("this data set has no tokenizer yet: set .tokenizer (e.g. Tokenizer.train on .captions)")
-        text = self.captions[index][self.caption_index(index)]
         return torch.tensor(self.tokenizer.encode(text, self.context_length, pad=False))
 
 
@@ -198,5 +201,5 @@ class TinyShapes(CaptionDataset):
             image, objects = recombine(self.pixels[i].numpy(), self.objects[i], rng)
             text = shapes.scene_captions(objects, rng)[self.caption_index(i)]
             pixels.append(torch.from_numpy(image))
-            tokens.append(torch.tensor(self.tokenizer.encode(text, self.context_length, pad=False)))
+            tokens.append(self.encode(text))
         return list(zip(palette_images(self.palette, torch.stack(pixels)), tokens))

@@ -38,7 +38,6 @@ def recombine(pixels, objects, rng):
         block = cells[3 * obj[3] + obj[4]]
         out_cells[target] = np.where(block == 1 + colour, 1 + new_colour, block)
         moved.append([shape, new_colour, obj[2], target // 3, target % 3])
-    for i, row in enumerate(sorted(moved, key=lambda o: (o[3], o[4]))):  # raster order
-        out[i] = row
+    out[: len(moved)] = sorted(moved, key=lambda o: (o[3], o[4]))  # raster order
     image = out_cells.reshape(3, 3, CELL, CELL).transpose(0, 2, 1, 3).reshape(3 * CELL, 3 * CELL)
     return image, out
